@@ -27,8 +27,10 @@ $(STAMP): settings.ini setup.py
 
 setup: $(STAMP)
 
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --no-browser
+	$(VENV)/bin/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --no-browser $(ROOT_FLAG)
 
 test: setup
 	LABKIT_FAST=1 $(PY) -m pytest tests nbs --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
