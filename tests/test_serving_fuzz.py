@@ -186,3 +186,10 @@ def test_chunked_body_over_the_limit_is_413():
     r = CLIENT.post('/predict', input_stream=io.BytesIO(b'[' + b' ' * (MAX_BODY + 100) + b']'), content_type='application/json',
                     headers={'Transfer-Encoding': 'chunked'}, environ_overrides={'wsgi.input_terminated': True})
     assert r.status_code == 413, r.status_code
+
+def test_openapi_describes_every_route():
+    "The OpenAPI paths are exactly the app's routes, with their methods"
+    routes = {r.rule: r.methods - {'HEAD', 'OPTIONS'} for r in APP.url_map.iter_rules() if r.endpoint != 'static'}
+    routes.pop('/')                                   # the HTML form is for people, not part of the API
+    assert {p: {m.upper() for m in ops} for p, ops in SPEC['paths'].items()} == routes
+    assert SPEC['openapi'].startswith('3.')
