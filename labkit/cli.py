@@ -14,6 +14,7 @@ COMMANDS = {
     'doctor':  'labkit.doctor:doctor_cli',
     'student': 'labkit.instructor:student_cli',
     'docs':    'labkit.instructor:docs_cli',
+    'serve':   'labkit.serving:serve_cli',
 }
 
 def command_function(name:str):
