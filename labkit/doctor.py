@@ -4,11 +4,12 @@
 
 # %% auto 0
 __all__ = ['PACKAGES', 'package_versions', 'probe_torch', 'probe_tensorflow', 'probe_onnxruntime', 'probe_docker', 'probe_assets',
-           'doctor_report', 'format_report', 'doctor']
+           'doctor_report', 'format_report', 'doctor', 'doctor_cli']
 
 # %% ../nbs/90_doctor.ipynb
 import importlib.metadata as metadata
 import json, os, platform, shutil, subprocess, sys, time
+from contextlib import contextmanager
 from .core import *
 
 # %% ../nbs/90_doctor.ipynb
@@ -26,10 +27,20 @@ def package_versions(names=PACKAGES) -> dict:
     return out
 
 # %% ../nbs/90_doctor.ipynb
+@contextmanager
+def _native_stderr_silenced():
+    "Silence what C++ libraries write to stderr (TensorFlow's start-up lines) while a probe runs"
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try: yield
+    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
+
 def _probe(fn) -> dict:
     "Run a probe; an exception becomes an `error` entry instead of a crash"
     t0 = time.perf_counter()
-    try: out = fn()
+    try:
+        with _native_stderr_silenced(): out = fn()
     except Exception as e: out = {'error': f"{type(e).__name__}: {e}"}
     out['seconds'] = round(time.perf_counter() - t0, 2)
     return out
@@ -129,3 +140,8 @@ def doctor(json_output:bool=False) -> int:
     rep = doctor_report()
     print(json.dumps(rep, indent=1) if json_output else format_report(rep))
     return 1 if rep['errors'] else 0
+
+# %% ../nbs/90_doctor.ipynb
+def doctor_cli(json:bool=False): # print the whole report as JSON
+    "Check this machine for the labs: versions, CPU/GPU per framework, data, Docker"
+    return doctor(json_output=json)
