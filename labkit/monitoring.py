@@ -13,7 +13,8 @@ __all__ = ['FEATURES', 'CATEGORICAL', 'CHANNELS', 'PSI_MODERATE', 'PSI_MAJOR', '
            'write_monitoring_config', 'serve_monitor', 'monitor_cli', 'check_psi']
 
 # %% ../nbs/07_monitoring.ipynb
-import json, math, os, re, time
+import fcntl, json, math, os, re, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -246,9 +247,6 @@ class RequestLog:
     def _segment(self, n:int) -> Path: return self.path/f'segment-{n:08d}.jsonl'
 
 # %% ../nbs/07_monitoring.ipynb
-import fcntl
-from contextlib import contextmanager
-
 @contextmanager
 def _exclusive(lock_path:Path):
     "Hold an exclusive flock on `lock_path`, through a descriptor opened for this call only"
