@@ -9,8 +9,8 @@ __all__ = ['FEATURES', 'CATEGORICAL', 'CHANNELS', 'PSI_MODERATE', 'PSI_MAJOR', '
            'records_frame', 'AlertRule', 'DriftMonitor', 'make_traffic', 'replay', 'model_predictor', 'first_alerts',
            'plot_timeline', 'rolling_accuracy', 'RetrainTrigger', 'simulate_retraining', 'min_sample_size',
            'two_proportion_ztest', 'welch_ttest', 'ab_decision', 'false_positive_rates', 'ab_from_log',
-           'prometheus_rules', 'grafana_dashboard', 'promql_metric_names', 'dashboard_metric_names',
-           'write_monitoring_config', 'serve_monitor', 'monitor_cli', 'check_psi']
+           'ab_checkpoints', 'plot_ab', 'prometheus_rules', 'grafana_dashboard', 'promql_metric_names',
+           'dashboard_metric_names', 'write_monitoring_config', 'serve_monitor', 'monitor_cli', 'check_psi']
 
 # %% ../nbs/07_monitoring.ipynb
 import fcntl, json, math, os, re, time
@@ -434,7 +434,8 @@ def observe(self:DriftMonitor, current:pd.DataFrame) -> pd.DataFrame:
     for f in self.features:
         if f not in current: current = current.assign(**{f: np.nan})
     cols = self.features + (['prediction'] if 'prediction' in current and 'prediction' in self.reference else [])
-    report = drift_report(self.reference, current, columns=cols, categorical=self.categorical + ['prediction'])
+    pred_categorical = 'prediction' in self.reference and _is_categorical(self.reference['prediction'])   # classes, or a regression's numbers
+    report = drift_report(self.reference, current, columns=cols, categorical=self.categorical + (['prediction'] if pred_categorical else []))
     if len(current) < self.min_records: report[['psi', 'statistic', 'p_value']] = np.nan   # too few to tell
     for f in self.features:
         row = report.loc[f]
@@ -443,8 +444,8 @@ def observe(self:DriftMonitor, current:pd.DataFrame) -> pd.DataFrame:
         self.g_missing.labels(feature=f).set(row.missing_cur)
         for v in _VERDICT_COLOURS: self.g_verdict.labels(feature=f, verdict=v).set(float(row.verdict == v))
         self.g_broken.labels(feature=f).set(float(row.verdict == 'broken'))
-    if 'prediction' in report.index:
-        self.g_pred_psi.set(report.loc['prediction', 'psi'])
+    if 'prediction' in report.index: self.g_pred_psi.set(report.loc['prediction', 'psi'])
+    if 'prediction' in report.index and pred_categorical:
         shares = current['prediction'].astype(str).value_counts(normalize=True)
         for v in sorted(set(self.reference['prediction'].astype(str)) | set(shares.index))[:20]:
             self.g_share.labels(value=v).set(float(shares.get(v, 0.0)))
@@ -664,17 +665,46 @@ def false_positive_rates(p:float=0.8, n:int=2000, looks:int=20, trials:int=2000,
 # %% ../nbs/07_monitoring.ipynb
 def ab_from_log(frame:pd.DataFrame,   # `records_frame` of the request log, with a `label` column
                 version_a:str, version_b:str,
-                metric:str=None,      # numeric column to compare with a t-test; default: accuracy with a z-test
+                metric:str=None,      # numeric column to compare with a t-test; default: a z-test on success
+                success:str=None,     # 0/1 column of successes; default: prediction == label
                 alpha:float=0.05):
-    "Test B against A on logged requests whose labels arrived: z-test on accuracy, or t-test on `metric`"
-    done = frame.dropna(subset=['label']) if metric is None else frame
+    "Test B against A on logged requests whose labels arrived: z-test on a success rate, or t-test on `metric`"
+    done = frame.dropna(subset=[metric or success or 'label'])
     arms = {v: done[done.model_version == v] for v in (version_a, version_b)}
     if metric is not None:
         res = welch_ttest(arms[version_a][metric], arms[version_b][metric], alpha)
     else:
-        ok = {v: int(_agree(d.prediction, d.label).sum()) for v, d in arms.items()}
+        ok = {v: int(d[success].sum() if success else _agree(d.prediction, d.label).sum()) for v, d in arms.items()}
         res = two_proportion_ztest(ok[version_a], len(arms[version_a]), ok[version_b], len(arms[version_b]), alpha)
     return {**res, 'n_a': len(arms[version_a]), 'n_b': len(arms[version_b])}
+
+def ab_checkpoints(frame:pd.DataFrame,  # logged requests in arrival order (see `ab_from_log`)
+                   version_a:str, version_b:str,
+                   n_required:int,      # planned requests per arm
+                   looks:int=20,        # how many times we look at the running test
+                   higher_is_better:bool=True, **kwargs):
+    "The test and the decision at `looks` points of the traffic (keyword arguments go to `ab_from_log`)"
+    rows = []
+    for n in np.linspace(len(frame)/looks, len(frame), looks).astype(int):
+        res = ab_from_log(frame.iloc[:n], version_a, version_b, **kwargs)
+        rows.append({'requests': n, **{k: res[k] for k in ('n_a', 'n_b', 'a', 'b', 'diff', 'ci_low', 'ci_high', 'p_value')},
+                     'decision': ab_decision(res, res['n_a'], res['n_b'], n_required, higher_is_better=higher_is_better)})
+    return pd.DataFrame(rows)
+
+def plot_ab(checks:pd.DataFrame, n_required:int, what:str='accuracy B - A'):
+    "The running difference with its confidence interval, the planned size, and the decisions"
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.plot(checks.requests, checks['diff'], 'o-', label=what)
+    ax.fill_between(checks.requests, checks.ci_low, checks.ci_high, alpha=0.2, label='95% confidence interval')
+    ax.axhline(0, color='k', lw=0.8)
+    reached = checks[checks[['n_a', 'n_b']].min(axis=1) >= n_required].requests
+    if len(reached): ax.axvline(reached.iloc[0], color='r', ls='--', label=f'planned size reached ({n_required} per arm)')
+    for r in checks.itertuples():
+        if r.decision != 'keep collecting': ax.annotate(r.decision, (r.requests, r.ci_high), fontsize=7, rotation=60)
+    ax.set_xlabel('requests'); ax.set_ylabel('difference'); ax.legend(fontsize=8)
+    ax.set_title('A/B test: a winner only at the planned size, and only if significant')
+    return fig
 
 # %% ../nbs/07_monitoring.ipynb
 def prometheus_rules(rules=None, seconds_per_evaluation:int=15) -> dict:

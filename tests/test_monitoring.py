@@ -196,3 +196,53 @@ def test_prometheus_and_grafana_files_fit_together():
     assert './grafana/dashboards:' + provider['options']['path'] + ':ro' in mounts
     for rule in yaml.safe_load((MON/'alerts.yml').read_text())['groups'][0]['rules']:
         assert re.fullmatch(r'\d+s', rule['for']) and rule['labels']['severity'] in ('warning', 'critical')
+
+
+# --- the served app under gunicorn ----------------------------------------------------------------------
+
+LOGGED_APP = textwrap.dedent('''
+    import os
+    from labkit.serving import create_app
+    from labkit.monitoring import RequestLog
+    app = create_app(request_log=RequestLog(os.environ['REQUEST_LOG_DIR'], segment_bytes=20_000))
+''')
+
+def test_gunicorn_workers_log_every_answered_request_even_when_killed(tmp_path):
+    "3 workers forked from one app (--preload: the log object exists before the fork); SIGKILL mid-traffic"
+    pytest.importorskip('labkit.serving')
+    import socket, threading, urllib.error
+    from concurrent.futures import ThreadPoolExecutor
+    (tmp_path/'logged_app.py').write_text(LOGGED_APP)
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), str(tmp_path)]), 'REQUEST_LOG_DIR': str(tmp_path/'log')}
+    env.pop('PROMETHEUS_MULTIPROC_DIR', None)
+    proc = subprocess.Popen([sys.executable, '-m', 'gunicorn', '--preload', '-w', '3', '-b', f'127.0.0.1:{port}', 'logged_app:app'],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(150):
+            try: urllib.request.urlopen(url + '/health', timeout=1).read(); break
+            except OSError: time.sleep(0.2)
+        acked, lock, stop = [], threading.Lock(), threading.Event()
+        def client(k):
+            i = 0
+            while not stop.is_set():
+                body = json.dumps({'experience': (k + i) % 30, 'test_score': 7.0, 'interview_score': 6.5}).encode()
+                req = urllib.request.Request(url + '/predict', body, {'Content-Type': 'application/json'})
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r: rid = json.loads(r.read())['request_id']
+                except (OSError, ValueError): return          # the server is gone
+                with lock: acked.append(rid)
+                i += 1
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client, k) for k in range(6)]
+            while len(acked) < 300: time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGKILL)                  # master and workers die mid-traffic
+            stop.set()
+            for f in futures: f.result(30)
+    finally:
+        if proc.poll() is None: os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    logged = [r['request_id'] for r in RequestLog(tmp_path/'log').records()]
+    assert len(acked) >= 300 and set(acked) <= set(logged)      # every answered request is on disk
+    assert len(logged) == len(set(logged))                       # once
