@@ -528,30 +528,38 @@ def first_alerts(timeline:pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/07_monitoring.ipynb
 def plot_timeline(timeline:pd.DataFrame, features=('age', 'income'), accuracy_threshold:float=0.7):
-    "PSI, missing share, rolling accuracy and firing alerts over the replay, phases shaded"
+    "PSI, missing share and rolling accuracy (when there is any) and firing alerts over a replay, phases shaded"
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(4, 1, figsize=(10, 8.5), sharex=True, gridspec_kw={'height_ratios': [3, 2, 2, 2]})
     x = timeline.request
-    for f in features: axes[0].plot(x, timeline[f'psi_{f}'], label=f'PSI {f}')
-    if 'psi_prediction' in timeline: axes[0].plot(x, timeline.psi_prediction, 'k--', label='PSI prediction')
-    axes[0].axhline(PSI_MAJOR, color='r', lw=0.8); axes[0].axhline(PSI_MODERATE, color='orange', lw=0.8)
-    axes[0].set_yscale('symlog', linthresh=0.1); axes[0].set_ylim(0, 40); axes[0].set_ylabel('PSI')
-    for f in features: axes[1].plot(x, timeline[f'missing_{f}'], label=f'missing {f}')
-    axes[1].set_ylabel('missing share')
-    axes[2].plot(x, timeline.accuracy, 'g', label='rolling accuracy'); axes[2].axhline(accuracy_threshold, color='r', lw=0.8)
-    axes[2].set_ylabel('accuracy')
+    show_missing = bool(any(timeline[f'missing_{f}'].max() > 0 for f in features))
+    show_accuracy = bool(timeline.accuracy.notna().any())
+    heights = [3] + [2]*show_missing + [2]*show_accuracy + [2]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(11, 1.1*sum(heights)), sharex=True, gridspec_kw={'height_ratios': heights})
+    ax_psi, ax_alerts, rest = axes[0], axes[-1], list(axes[1:-1])
+    for f in features: ax_psi.plot(x, timeline[f'psi_{f}'], label=f'PSI {f}')
+    if 'psi_prediction' in timeline: ax_psi.plot(x, timeline.psi_prediction, 'k--', label='PSI prediction')
+    ax_psi.axhline(PSI_MAJOR, color='r', lw=0.8); ax_psi.axhline(PSI_MODERATE, color='orange', lw=0.8)
+    ax_psi.set_yscale('symlog', linthresh=0.1); ax_psi.set_ylim(0, 40); ax_psi.set_ylabel('PSI')
+    if show_missing:
+        ax = rest.pop(0)
+        for f in features: ax.plot(x, timeline[f'missing_{f}'], label=f'missing {f}')
+        ax.set_ylabel('missing share')
+    if show_accuracy:
+        ax = rest.pop(0)
+        ax.plot(x, timeline.accuracy, 'g', label='rolling accuracy'); ax.axhline(accuracy_threshold, color='r', lw=0.8)
+        ax.set_ylabel('accuracy')
     names = sorted({a for alerts in timeline.alerts for a in alerts})
     for k, name in enumerate(names):
         on = timeline[timeline.alerts.map(lambda a: name in a)].request
-        axes[3].plot(on, np.full(len(on), k), 's', ms=5, color='darkred' if name.startswith(('FeatureBroken', 'AccuracyDrop')) else 'tab:orange')
-    axes[3].set_yticks(range(len(names)), names, fontsize=8); axes[3].set_ylim(-0.7, len(names) - 0.3)
-    axes[3].set_xlabel('requests'); axes[3].set_title('alerts firing', fontsize=9, loc='left')
+        ax_alerts.plot(on, np.full(len(on), k), 's', ms=5, color='darkred' if name.startswith(('FeatureBroken', 'AccuracyDrop')) else 'tab:orange')
+    ax_alerts.set_yticks(range(len(names)), names, fontsize=8); ax_alerts.set_ylim(-0.7, len(names) - 0.3)
+    ax_alerts.set_xlabel('requests'); ax_alerts.set_title('alerts firing', fontsize=9, loc='left')
     step = x.iloc[1] - x.iloc[0] if len(x) > 1 else 1
     bounds = timeline.groupby('phase', sort=False).request.agg(['min', 'max'])
     for ax in axes:
         for k, (phase, (lo, hi)) in enumerate(bounds.iterrows()): ax.axvspan(lo - step, hi, color=f'C{k}', alpha=0.07)
-    for ax in axes[:3]: ax.legend(loc='upper left', fontsize=8)
-    for phase, (lo, hi) in bounds.iterrows(): axes[0].text((lo - step + hi)/2, 12, phase, ha='center', fontsize=9)
+    for ax in axes[:-1]: ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
+    for phase, (lo, hi) in bounds.iterrows(): ax_psi.text((lo - step + hi)/2, 12, phase, ha='center', fontsize=9)
     fig.tight_layout()
     return fig
 
