@@ -15,6 +15,7 @@ COMMANDS = {
     'student': 'labkit.instructor:student_cli',
     'docs':    'labkit.instructor:docs_cli',
     'serve':   'labkit.serving:serve_cli',
+    'monitor': 'labkit.monitoring:monitor_cli',
 }
 
 def command_function(name:str):
