@@ -246,3 +246,15 @@ def test_gunicorn_workers_log_every_answered_request_even_when_killed(tmp_path):
     logged = [r['request_id'] for r in RequestLog(tmp_path/'log').records()]
     assert len(acked) >= 300 and set(acked) <= set(logged)      # every answered request is on disk
     assert len(logged) == len(set(logged))                       # once
+
+
+def test_served_app_logs_to_the_folder_named_by_the_environment(tmp_path, monkeypatch):
+    "What gunicorn's `labkit.serving:create_app()` does: LABKIT_REQUEST_LOG names the request log's folder"
+    from labkit.serving import create_app
+    from labkit.monitoring import RequestLog
+    monkeypatch.setenv('LABKIT_REQUEST_LOG', str(tmp_path/'requests'))
+    client = create_app().test_client()
+    r = client.post('/predict', json=[{'experience': 5, 'test_score': 8, 'interview_score': 7}] * 3)
+    assert r.status_code == 200
+    records = RequestLog(tmp_path/'requests').records()
+    assert len(records) == 3 and records[0]['inputs'] == {'experience': 5, 'test_score': 8, 'interview_score': 7}
