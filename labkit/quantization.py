@@ -185,9 +185,11 @@ def digits_data(test_size:float=0.25, # share held out for testing
 def build_cnn(filters:tuple=(32, 64), # channels of the two 3x3 convolutions
               hidden:int=128,         # units of the hidden dense layer
               num_classes:int=10,
-              input_shape:tuple=(8, 8, 1)):
+              input_shape:tuple=(8, 8, 1),
+              seed:int=0):            # seed of the initial weights
     "A small CNN for 8x8 digits: two 3x3 convolutions, max pooling, one hidden dense layer, logits"
     import tf_keras as keras
+    keras.utils.set_random_seed(seed)
     L = keras.layers
     return keras.Sequential([L.InputLayer(input_shape),
                              *[L.Conv2D(f, 3, padding='same', activation='relu', name=f'conv{i + 1}') for i, f in enumerate(filters)],
@@ -437,7 +439,7 @@ def run_quantization_project(epochs:int=None,           # float training epochs 
     epochs, qat_epochs = epochs or pick(30, 8), qat_epochs or pick(5, 2)
     n_representative = n_representative or pick(300, 100)
     X_train, X_test, y_train, y_test = digits_data(seed=seed)
-    net = build_cnn()
+    net = build_cnn(seed=seed)
     fit_classifier(net, X_train, y_train, epochs=epochs, seed=seed)
     representative = X_train[:n_representative]
     models = {'float32': to_tflite(net, 'float32'), 'dynamic range': to_tflite(net, 'dynamic'),
