@@ -14,6 +14,8 @@ COMMANDS = {
     'doctor':  'labkit.doctor:doctor_cli',
     'student': 'labkit.instructor:student_cli',
     'docs':    'labkit.instructor:docs_cli',
+    'detect':  'labkit.docker_yolo:detect_cli',
+    'train-detector': 'labkit.docker_yolo:train_cli',
     'serve':   'labkit.serving:serve_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
 }
