@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from prometheus_client.parser import text_string_to_metric_families
 from labkit.monitoring import *
+from conftest import labkit_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 MON = ROOT/'docker'/'monitoring'
@@ -117,17 +118,15 @@ def test_serve_monitor_over_http(reference, tmp_path):
 
 def test_monitor_cli_through_dispatcher(reference, tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    if shutil.which('labkit') is None: pytest.skip("no `labkit` command installed")
-    if subprocess.run(['labkit', 'monitor', '--help'], env=env, capture_output=True).returncode:
-        pytest.skip("the `labkit` dispatcher does not know `monitor` yet ('monitor': 'labkit.monitoring:monitor_cli')")
+    assert subprocess.run(labkit_cmd('monitor', '--help'), env=env, capture_output=True).returncode == 0
     ref, _ = reference
     ref.to_csv(tmp_path/'ref.csv', index=False)
     log = RequestLog(tmp_path/'log', fsync=False)
     for rec in make_applicants(150, seed=4).to_dict('records'): log.append({'inputs': rec, 'prediction': 1})
     import socket
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    proc = subprocess.Popen(['labkit', 'monitor', '--log_dir', str(tmp_path/'log'), '--reference', str(tmp_path/'ref.csv'),
-                             '--port', str(port), '--interval', '0.2'], env=env)
+    proc = subprocess.Popen(labkit_cmd('monitor', tmp_path/'log', tmp_path/'ref.csv',
+                                       '--port', port, '--interval', '0.2'), env=env)
     try:
         text = None
         for _ in range(100):
