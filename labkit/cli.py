@@ -18,6 +18,7 @@ COMMANDS = {
     'detect':  'labkit.docker_yolo:detect_cli',
     'train-detector': 'labkit.docker_yolo:train_cli',
     'serve':   'labkit.serving:serve_cli',
+    'privacy': 'labkit.privacy:privacy_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
 }
 
