@@ -1,0 +1,31 @@
+"Shared fixtures: the repository, a Docker engine when one answers, free loopback ports"
+import json, os, shutil, socket, subprocess, sys
+from pathlib import Path
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+@pytest.fixture(scope='session')
+def repo() -> Path:
+    return REPO
+
+def labkit_cmd(*args) -> list:
+    "The `labkit` console script of the running environment, with arguments"
+    exe = BIN/'labkit'
+    return [str(exe) if exe.exists() else 'labkit', *map(str, args)]
+
+@pytest.fixture(scope='session')
+def docker_engine():
+    "The Docker client's `docker info`, or a skip saying why no engine answers"
+    if not shutil.which('docker'): pytest.skip('no docker client on PATH')
+    try: r = subprocess.run(['docker', 'info', '--format', '{{json .}}'], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired: pytest.skip('docker info did not answer within 20 s')
+    if r.returncode != 0: pytest.skip(f"no Docker engine answers: {(r.stderr.strip().splitlines() or ['docker info failed'])[-1]}")
+    return json.loads(r.stdout)
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 right now"
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
