@@ -14,13 +14,18 @@ if [ ! -w "${HOME}" ]; then
   echo "labkit: uid $(id -u) cannot write ${image_home}: home is ${HOME} (a copy of the notebooks in labs/; keep your work in work/, the mounted folder)" >&2
 fi
 export USER="${USER:-$(id -un 2>/dev/null || echo lab)}"
+if [ -d "${HOME}/work" ] && [ ! -w "${HOME}/work/" ]; then
+  echo "labkit: work/ is not writable by uid $(id -u): start with --user \"\$(id -u):\$(id -g)\" (the owner of the mounted folder), or create the folder before docker run" >&2
+fi
 
+previous=
 for arg in "$@"; do
-  case "${arg}" in
+  case "${previous}=${arg}" in
     *.token=|*.token=\"\"|*.token=\'\')
-      echo "labkit: refusing '${arg}': this image keeps token authentication on (set JUPYTER_TOKEN for your own token)" >&2
+      echo "labkit: refusing an empty token (${previous} ${arg}): this image keeps token authentication on (set JUPYTER_TOKEN for your own token)" >&2
       exit 2;;
   esac
+  previous=${arg}
 done
 
 if [ -z "${JUPYTER_TOKEN:-}" ]; then

@@ -83,7 +83,9 @@ def logs(name): return (lambda r: r.stdout + r.stderr)(docker('logs', name, chec
 def test_turns_healthy_within_60_s(lab):
     status = lambda: docker('inspect', '--format', '{{.State.Health.Status}}', lab.name).stdout.strip()
     wait_for(lambda: status() in ('healthy', 'unhealthy'), 60 - (time.monotonic() - lab.started))
-    assert status() == 'healthy', f"health is {status()!r} after {time.monotonic() - lab.started:.0f} s:\n{logs(lab.name)[-3000:]}"
+    took = time.monotonic() - lab.started
+    assert status() == 'healthy', f"health is {status()!r} after {took:.0f} s:\n{logs(lab.name)[-3000:]}"
+    print(f"\nhealthy {took:.0f} s after docker run")
 
 def test_token_is_required(lab):
     assert wait_for(lambda: answers(lab.url + '/api'), 60), logs(lab.name)[-3000:]
@@ -189,4 +191,5 @@ def test_sigterm_stops_within_10_s(lab):
     docker('stop', '--time', '30', lab.name, timeout=60)          # SIGTERM, then SIGKILL after 30 s
     took = time.monotonic() - t0
     state = json.loads(docker('inspect', '--format', '{{json .State}}', lab.name).stdout)
+    print(f"\nstopped {took:.1f} s after SIGTERM, exit code {state['ExitCode']}")
     assert took < 10 and state['ExitCode'] != 137, f"stopped after {took:.1f} s with {state['ExitCode']}:\n{logs(lab.name)[-2000:]}"
