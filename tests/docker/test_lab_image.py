@@ -1,6 +1,6 @@
 """The lab image on a real engine: it builds, turns healthy, keeps token authentication on, runs a notebook and
 the doctor on the CPU, writes a mounted folder as the host user, and stops on SIGTERM."""
-import json, os, re, secrets, shutil, subprocess, time, urllib.error, urllib.request, uuid
+import json, os, re, secrets, subprocess, time, urllib.error, urllib.request, uuid
 from configparser import ConfigParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +20,10 @@ def docker(*args, timeout=120, check=True, exe='docker', env=None):
 
 def _docker_clients() -> list:
     "Every distinct `docker` executable on PATH, first found first"
-    found = [Path(d)/'docker' for d in os.environ.get('PATH', '').split(os.pathsep) if (Path(d)/'docker').is_file()]
-    return list({p.resolve(): str(p) for p in reversed(found)}.values())[::-1]
+    seen = {}
+    for d in os.environ.get('PATH', '').split(os.pathsep):
+        if (exe := Path(d)/'docker').is_file(): seen.setdefault(exe.resolve(), str(exe))
+    return list(seen.values())
 
 def buildkit_build() -> list|None:
     "A build command that uses BuildKit (the Dockerfile needs its cache mounts): `docker buildx build`, else a client older than 23"
