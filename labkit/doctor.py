@@ -114,6 +114,8 @@ def doctor_report(heavy:bool=True) -> dict:
         errors.append("onnxruntime and onnxruntime-gpu are both installed: they share one module; uninstall onnxruntime")
     if not rep['docker'].get('answers'): notes.append(f"docker: {rep['docker'].get('reason')} (container exercises are skipped)")
     if not rep['gpu_driver']: notes.append("no NVIDIA GPU: every lab runs on the CPU")
+    elif rep.get('torch', {}).get('device') == 'cuda' and rep.get('tensorflow', {}).get('device') == 'cpu':
+        notes.append("tensorflow runs on the CPU: its CUDA extra is not installed (its CUDA 12 wheels would overwrite PyTorch's CUDA 13 ones)")
     rep['errors'], rep['notes'] = errors, notes
     return rep
 
