@@ -10,7 +10,6 @@ __all__ = ['TFLITE_MODES', 'qrange', 'qparams', 'quantize', 'dequantize', 'tenso
 
 # %% ../nbs/03_quantization.ipynb
 import os, sys, time, warnings
-from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -238,15 +237,6 @@ def keras_accuracy(model, X, y) -> float:
 # %% ../nbs/03_quantization.ipynb
 TFLITE_MODES = ('float32', 'dynamic', 'float16', 'int8')
 
-@contextmanager
-def _native_stderr_silenced():
-    "Silence what the converter's C++ code writes to stderr (a line of internal flags per conversion)"
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try: yield
-    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
-
 def is_qat(model) -> bool:
     "True for a model wrapped for quantization-aware training by TensorFlow Model Optimization"
     return any(type(layer).__name__.startswith('Quantize') for layer in model.layers)
@@ -273,7 +263,7 @@ def to_tflite(model,                # a trained Keras model (float, or wrapped f
     logger, level = tf.get_logger(), tf.get_logger().level
     logger.setLevel('ERROR')                                   # "Assets written to ..." of the temporary SavedModel
     try:
-        with warnings.catch_warnings(), _native_stderr_silenced():
+        with warnings.catch_warnings(), native_stderr_silenced():
             warnings.filterwarnings('ignore', message='Statistics for quantized inputs')
             return converter.convert()
     finally: logger.setLevel(level)
