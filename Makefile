@@ -50,10 +50,15 @@ docs: setup
 student: setup
 	$(VENV)/bin/labkit student nbs _student
 
+# BuildKit builds (cache mounts): `docker buildx`, or a client with BuildKit built in
+DOCKER  ?= $(shell docker buildx version >/dev/null 2>&1 && echo docker || { test -x /usr/bin/docker && echo /usr/bin/docker || echo docker; })
+SOURCE  := $(shell sed -n 's/^git_url *= *//p' settings.ini)
+BUILD    = DOCKER_BUILDKIT=1 $(DOCKER) build --network host
+
 images:
-	docker build --network host -f docker/lab/Dockerfile   -t labkit-lab:$(VERSION)   -t labkit-lab:latest   --build-arg VERSION=$(VERSION) .
-	docker build --network host -f docker/yolo/Dockerfile  -t labkit-yolo:$(VERSION)  -t labkit-yolo:latest  --build-arg VERSION=$(VERSION) .
-	docker build --network host -f docker/serve/Dockerfile -t labkit-serve:$(VERSION) -t labkit-serve:latest --build-arg VERSION=$(VERSION) .
+	$(BUILD) -f docker/lab/Dockerfile --build-arg LABKIT_VERSION=$(VERSION) --build-arg LABKIT_SOURCE=$(SOURCE) -t labkit-lab:$(VERSION) -t labkit-lab:latest .
+	$(BUILD) -f docker/yolo/Dockerfile -t labkit-yolo:$(VERSION) -t labkit-yolo:latest .
+	$(BUILD) -f docker/serve/Dockerfile --build-arg VERSION=$(VERSION) -t labkit-serve:$(VERSION) -t labkit-serve:latest .
 
 clean:
 	rm -rf _docs _proc _student .pytest_cache nbs/_quarto.yml nbs/nbdev.yml nbs/sidebar.yml

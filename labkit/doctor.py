@@ -9,7 +9,6 @@ __all__ = ['PACKAGES', 'package_versions', 'probe_torch', 'probe_tensorflow', 'p
 # %% ../nbs/90_doctor.ipynb
 import importlib.metadata as metadata
 import json, os, platform, shutil, subprocess, sys, time
-from contextlib import contextmanager
 from .core import *
 
 # %% ../nbs/90_doctor.ipynb
@@ -27,20 +26,11 @@ def package_versions(names=PACKAGES) -> dict:
     return out
 
 # %% ../nbs/90_doctor.ipynb
-@contextmanager
-def _native_stderr_silenced():
-    "Silence what C++ libraries write to stderr (TensorFlow's start-up lines) while a probe runs"
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try: yield
-    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
-
 def _probe(fn) -> dict:
     "Run a probe; an exception becomes an `error` entry instead of a crash"
     t0 = time.perf_counter()
     try:
-        with _native_stderr_silenced(): out = fn()
+        with native_stderr_silenced(): out = fn()
     except Exception as e: out = {'error': f"{type(e).__name__}: {e}"}
     out['seconds'] = round(time.perf_counter() - t0, 2)
     return out
@@ -114,6 +104,8 @@ def doctor_report(heavy:bool=True) -> dict:
         errors.append("onnxruntime and onnxruntime-gpu are both installed: they share one module; uninstall onnxruntime")
     if not rep['docker'].get('answers'): notes.append(f"docker: {rep['docker'].get('reason')} (container exercises are skipped)")
     if not rep['gpu_driver']: notes.append("no NVIDIA GPU: every lab runs on the CPU")
+    elif rep.get('torch', {}).get('device') == 'cuda' and rep.get('tensorflow', {}).get('device') == 'cpu':
+        notes.append("tensorflow runs on the CPU: its CUDA extra is not installed (its CUDA 12 wheels would overwrite PyTorch's CUDA 13 ones)")
     rep['errors'], rep['notes'] = errors, notes
     return rep
 

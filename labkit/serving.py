@@ -473,7 +473,9 @@ def _predict_rows(state:ServingState, rows:list, user_id, inputs:list) -> dict:
             for rec, p in zip(inputs, preds):
                 state.request_log.append({'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
                                           'user_id': user_id, 'inputs': rec, 'prediction': p})
-        except Exception as e: log.warning('request_log.append failed: %r', e)
+        except Exception as e:   # not recorded means not accepted: the client retries, nothing is lost silently
+            log.error('request_log.append failed: %r', e)
+            raise _Rejected(503, [_problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
     return {'preds': preds, 'version': route.version, 'role': route.role, 'request_id': rid, 'model': model['name']}
 
 def _user_id(value) -> str|None:
@@ -503,13 +505,16 @@ def _check_admin(state:ServingState):
 # %% ../nbs/02_serving.ipynb
 def create_app(registry_dir=None,        # model registry folder; default `LABKIT_REGISTRY`, else the shipped one
                policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
-               request_log=None,         # object with `.append(record: dict)`: gets every accepted prediction row
+               request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
                policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
                admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN` (unset: admin off)
                max_batch:int=MAX_BATCH,  # records in one request
                max_body:int=MAX_BODY,    # bytes in one request body
                seed:int=0) -> Flask:     # seed of the canary draws (reproducible traffic splits)
     "The salary service: form, /predict, health, readiness, metrics, version, OpenAPI and a policy router"
+    if request_log is None and (log_dir := os.environ.get('LABKIT_REQUEST_LOG')):
+        from labkit.monitoring import RequestLog
+        request_log = RequestLog(log_dir)
     registry = ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)
     state = ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from prometheus_client.parser import text_string_to_metric_families
 from labkit.monitoring import *
+from conftest import labkit_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 MON = ROOT/'docker'/'monitoring'
@@ -117,17 +118,15 @@ def test_serve_monitor_over_http(reference, tmp_path):
 
 def test_monitor_cli_through_dispatcher(reference, tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    if shutil.which('labkit') is None: pytest.skip("no `labkit` command installed")
-    if subprocess.run(['labkit', 'monitor', '--help'], env=env, capture_output=True).returncode:
-        pytest.skip("the `labkit` dispatcher does not know `monitor` yet ('monitor': 'labkit.monitoring:monitor_cli')")
+    assert subprocess.run(labkit_cmd('monitor', '--help'), env=env, capture_output=True).returncode == 0
     ref, _ = reference
     ref.to_csv(tmp_path/'ref.csv', index=False)
     log = RequestLog(tmp_path/'log', fsync=False)
     for rec in make_applicants(150, seed=4).to_dict('records'): log.append({'inputs': rec, 'prediction': 1})
     import socket
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    proc = subprocess.Popen(['labkit', 'monitor', '--log_dir', str(tmp_path/'log'), '--reference', str(tmp_path/'ref.csv'),
-                             '--port', str(port), '--interval', '0.2'], env=env)
+    proc = subprocess.Popen(labkit_cmd('monitor', tmp_path/'log', tmp_path/'ref.csv',
+                                       '--port', port, '--interval', '0.2'), env=env)
     try:
         text = None
         for _ in range(100):
@@ -246,3 +245,15 @@ def test_gunicorn_workers_log_every_answered_request_even_when_killed(tmp_path):
     logged = [r['request_id'] for r in RequestLog(tmp_path/'log').records()]
     assert len(acked) >= 300 and set(acked) <= set(logged)      # every answered request is on disk
     assert len(logged) == len(set(logged))                       # once
+
+
+def test_served_app_logs_to_the_folder_named_by_the_environment(tmp_path, monkeypatch):
+    "What gunicorn's `labkit.serving:create_app()` does: LABKIT_REQUEST_LOG names the request log's folder"
+    from labkit.serving import create_app
+    from labkit.monitoring import RequestLog
+    monkeypatch.setenv('LABKIT_REQUEST_LOG', str(tmp_path/'requests'))
+    client = create_app().test_client()
+    r = client.post('/predict', json=[{'experience': 5, 'test_score': 8, 'interview_score': 7}] * 3)
+    assert r.status_code == 200
+    records = RequestLog(tmp_path/'requests').records()
+    assert len(records) == 3 and records[0]['inputs'] == {'experience': 5, 'test_score': 8, 'interview_score': 7}

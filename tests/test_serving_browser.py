@@ -12,7 +12,6 @@ if not (CHROMIUM and DRIVER):
 webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install "labkit[dev]")')
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 from labkit.serving import ModelRegistry, create_app, default_registry_dir, predict_salary
@@ -45,9 +44,10 @@ def fill_and_submit(browser, url, values):
     for name, value in values.items():
         box = browser.find_element(By.ID, name)
         box.clear(); box.send_keys(value)
-    old = browser.find_element(By.TAG_NAME, 'html')
+    browser.execute_script("window.labkitFormPage = true")   # gone once the answer (a new page) has loaded
     browser.find_element(By.ID, 'submit').click()
-    WebDriverWait(browser, 15).until(EC.staleness_of(old))   # the answer is a new page
+    WebDriverWait(browser, 15).until(
+        lambda b: b.execute_script("return window.labkitFormPage === undefined && document.readyState === 'complete'"))
 
 def test_form_shows_the_prediction(browser, server):
     url, seen = server
