@@ -14,7 +14,7 @@ __all__ = ['ALGORITHMS', 'FIXED_POINT_SCALE', 'load_digits_split', 'iid_partitio
 
 # %% ../nbs/06_federated.ipynb
 from .core import *
-import hashlib, json, os, socket, subprocess, sys, tempfile, time
+import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -587,7 +587,8 @@ def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:in
         tail = (work/'server.log').read_text()[-2000:]
         raise RuntimeError(f"Flower run failed (exit codes {codes}; logs in {work}). Server log ends:\n{tail}")
     rec = json.loads(out.read_text())
-    return History(rec['name'], rec['rows'], meta={'exit_codes': codes, 'pids': [p.pid for p in procs], 'logs': str(work)})
+    shutil.rmtree(work, ignore_errors=True)   # logs are kept only when the run failed
+    return History(rec['name'], rec['rows'], meta={'exit_codes': codes, 'pids': [p.pid for p in procs]})
 
 # %% ../nbs/06_federated.ipynb
 def check_weighted_average(fn):
