@@ -19,6 +19,8 @@ COMMANDS = {
     'train-detector': 'labkit.docker_yolo:train_cli',
     'serve':   'labkit.serving:serve_cli',
     'privacy': 'labkit.privacy:privacy_cli',
+    'fl-server': 'labkit.federated:fl_server_cli',
+    'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
 }
 
