@@ -16,7 +16,7 @@ setuptools.setup(
     name=cfg['lib_name'], version=cfg['version'], description=cfg['description'],
     author=cfg['author'], author_email=cfg['author_email'], license=cfg['license'],
     url=cfg['git_url'], keywords=cfg['keywords'].split(),
-    classifiers=['Programming Language :: Python :: 3.11', 'Intended Audience :: Education', 'License :: OSI Approved :: Apache Software License'],
+    classifiers=['Programming Language :: Python :: 3.11', 'Intended Audience :: Education'],
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True, python_requires='>=' + cfg['min_python'],
     install_requires=_reqs('requirements'), extras_require=extras,

@@ -4,12 +4,13 @@
 
 # %% auto 0
 __all__ = ['SOLUTION_BEGIN', 'SOLUTION_END', 'fast_mode', 'pick', 'repo_root', 'data_dir', 'cache_dir', 'configure_offline',
-           'offline_ultralytics', 'AssetMissing', 'AssetCorrupt', 'sha256_file', 'load_manifest', 'register_asset',
-           'asset', 'verify_assets', 'gpu_available', 'torch_device', 'requires_gpu', 'seed_everything', 'progress',
-           'CheckResult', 'check_values', 'check_function', 'check_fingerprint']
+           'native_stderr_silenced', 'offline_ultralytics', 'AssetMissing', 'AssetCorrupt', 'sha256_file',
+           'load_manifest', 'register_asset', 'asset', 'verify_assets', 'gpu_available', 'torch_device', 'requires_gpu',
+           'seed_everything', 'progress', 'CheckResult', 'check_values', 'check_function', 'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
 import hashlib, json, os, random, shutil, subprocess, sys, importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def configure_offline() -> dict:
     return {k: os.environ[k] for k in defaults}
 
 configure_offline();
+
+# %% ../nbs/00_core.ipynb
+@contextmanager
+def native_stderr_silenced():
+    "Silence what native (C/C++) code writes to stderr while the block runs"
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try: yield
+    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
 
 # %% ../nbs/00_core.ipynb
 def offline_ultralytics():

@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['PACKAGES', 'package_versions', 'probe_torch', 'probe_tensorflow', 'probe_onnxruntime', 'probe_docker', 'probe_assets',
-           'doctor_report', 'format_report', 'doctor']
+           'doctor_report', 'format_report', 'doctor', 'doctor_cli']
 
 # %% ../nbs/90_doctor.ipynb
 import importlib.metadata as metadata
@@ -29,7 +29,8 @@ def package_versions(names=PACKAGES) -> dict:
 def _probe(fn) -> dict:
     "Run a probe; an exception becomes an `error` entry instead of a crash"
     t0 = time.perf_counter()
-    try: out = fn()
+    try:
+        with native_stderr_silenced(): out = fn()
     except Exception as e: out = {'error': f"{type(e).__name__}: {e}"}
     out['seconds'] = round(time.perf_counter() - t0, 2)
     return out
@@ -103,6 +104,8 @@ def doctor_report(heavy:bool=True) -> dict:
         errors.append("onnxruntime and onnxruntime-gpu are both installed: they share one module; uninstall onnxruntime")
     if not rep['docker'].get('answers'): notes.append(f"docker: {rep['docker'].get('reason')} (container exercises are skipped)")
     if not rep['gpu_driver']: notes.append("no NVIDIA GPU: every lab runs on the CPU")
+    elif rep.get('torch', {}).get('device') == 'cuda' and rep.get('tensorflow', {}).get('device') == 'cpu':
+        notes.append("tensorflow runs on the CPU: its CUDA extra is not installed (its CUDA 12 wheels would overwrite PyTorch's CUDA 13 ones)")
     rep['errors'], rep['notes'] = errors, notes
     return rep
 
@@ -129,3 +132,8 @@ def doctor(json_output:bool=False) -> int:
     rep = doctor_report()
     print(json.dumps(rep, indent=1) if json_output else format_report(rep))
     return 1 if rep['errors'] else 0
+
+# %% ../nbs/90_doctor.ipynb
+def doctor_cli(json:bool=False): # print the whole report as JSON
+    "Check this machine for the labs: versions, CPU/GPU per framework, data, Docker"
+    return doctor(json_output=json)

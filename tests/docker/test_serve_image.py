@@ -1,0 +1,66 @@
+"The serve image: builds from docker/serve/Dockerfile, runs as non-root, answers on 127.0.0.1, turns healthy; cleaned up after"
+import json, subprocess, time, uuid
+import pytest
+from conftest import REPO, free_port
+from labkit.serving import http_call, wait_until_up
+
+pytestmark = pytest.mark.docker
+
+def docker(*args, timeout=120, check=True):
+    r = subprocess.run(['docker', *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check: assert r.returncode == 0, f"docker {' '.join(map(str, args))}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r
+
+@pytest.fixture(scope='module')
+def serve_image(docker_engine):
+    tag = f'labkit-serve:test-{uuid.uuid4().hex[:8]}'
+    t0 = time.monotonic()
+    docker('build', '--network', 'host', '-f', REPO/'docker/serve/Dockerfile', '-t', tag, REPO, timeout=900)
+    build_s = time.monotonic() - t0
+    size = int(docker('image', 'inspect', '--format', '{{.Size}}', tag).stdout)
+    print(f"\nserve image {tag}: built in {build_s:.0f} s, {size / 1e6:.0f} MB")
+    yield tag, size
+    docker('rmi', '-f', tag, check=False)
+
+@pytest.fixture(scope='module')
+def container(serve_image):
+    tag, _ = serve_image
+    name, port = f'labkit-serve-test-{uuid.uuid4().hex[:8]}', free_port()
+    docker('run', '-d', '--name', name, '--network', 'host', '-e', f'LABKIT_BIND=127.0.0.1:{port}', tag)
+    try:
+        url = f'http://127.0.0.1:{port}'
+        if not wait_until_up(url + '/ready', 60):
+            pytest.fail(f"the container did not answer on {url}:\n{docker('logs', name, check=False).stderr[-3000:]}")
+        yield name, url
+    finally:
+        docker('rm', '-f', name, check=False)
+
+def test_image_is_small(serve_image):
+    _, size = serve_image
+    assert size < 400e6, f"{size / 1e6:.0f} MB: flask, gunicorn, prometheus-client and numpy only, no ML frameworks"
+
+def test_container_serves_predictions(container):
+    _, url = container
+    status, body, _ = http_call(url + '/predict', 'POST', {'experience': 5, 'test_score': 8, 'interview_score': 7})
+    assert status == 200 and body['version'] == 'v2' and body['prediction'] > 0
+    status, body, _ = http_call(url + '/predict', 'POST', {'experience': 5, 'test_score': 80, 'interview_score': 7})
+    assert status == 422 and body['problems'][0]['field'] == 'test_score'
+    status, body, _ = http_call(url + '/version')
+    assert status == 200 and body['name'] == 'hiring-salary' and len(body['sha256']) == 64
+    assert 'labkit_predictions_total' in http_call(url + '/metrics')[1]
+
+def test_container_runs_as_non_root_with_gunicorn_workers(container):
+    name, _ = container
+    assert docker('exec', name, 'id', '-u').stdout.strip() != '0'
+    procs = docker('exec', name, 'python', '-c',
+                   "import pathlib; print(sum('gunicorn' in p.read_text() for p in pathlib.Path('/proc').glob('[0-9]*/cmdline')))").stdout
+    assert int(procs) >= 3, procs    # the master and two workers
+
+def test_container_turns_healthy(container):
+    name, _ = container
+    deadline, state = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        state = json.loads(docker('inspect', '--format', '{{json .State.Health}}', name).stdout)
+        if state and state['Status'] == 'healthy': break
+        time.sleep(1)
+    assert state and state['Status'] == 'healthy', state

@@ -1,0 +1,26 @@
+"The package stays light, and the `labkit` command answers"
+import json, os, subprocess, sys, time
+from conftest import labkit_cmd
+
+def _import_seconds() -> tuple:
+    code = ("import time, sys; t = time.perf_counter(); import labkit; dt = time.perf_counter() - t; "
+            "print(dt, [m for m in ('torch', 'tensorflow', 'ultralytics', 'pandas', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    return float(out[0]), eval(out[1])
+
+def test_import_labkit_is_light():
+    runs = [_import_seconds() for _ in range(3)]
+    assert all(heavy == [] for _, heavy in runs), runs          # no heavy stack imported by `import labkit`
+    assert min(t for t, _ in runs) < 0.3, runs
+
+def test_core_imports_no_framework():
+    code = "import sys, labkit.core; print(sorted(m for m in ('torch', 'tensorflow', 'ultralytics') if m in sys.modules))"
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == '[]'
+
+def test_cli_lists_commands():
+    r = subprocess.run(labkit_cmd('--help'), capture_output=True, text=True)
+    assert r.returncode == 0 and 'doctor' in r.stdout and 'student' in r.stdout
+
+def test_cli_unknown_command_is_clear():
+    r = subprocess.run(labkit_cmd('frobnicate'), capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown command 'frobnicate'" in r.stderr
