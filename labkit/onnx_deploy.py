@@ -107,20 +107,11 @@ def import_tensorflow():
     if 'tensorflow' not in sys.modules:
         try: import triton  # noqa: F401
         except ImportError: pass
-    with _native_stderr_silenced():   # CUDA probing messages written by TensorFlow's C++ start-up
+    with native_stderr_silenced():   # CUDA probing messages written by TensorFlow's C++ start-up
         import tensorflow as tf
         tf.config.list_physical_devices()
     tf.get_logger().setLevel('ERROR')
     return tf
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    "Send what C/C++ code writes to file descriptor 2 to /dev/null for a while"
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try: yield
-    finally: os.dup2(saved, 2); os.close(saved); os.close(null)
 
 def import_yolo():
     "ultralytics' YOLO class, offline; keeps triton out when TensorFlow is already loaded; passive OpenMP threads"
