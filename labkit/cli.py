@@ -18,6 +18,8 @@ COMMANDS = {
     'detect':  'labkit.docker_yolo:detect_cli',
     'train-detector': 'labkit.docker_yolo:train_cli',
     'serve':   'labkit.serving:serve_cli',
+    'onnx-export': 'labkit.onnx_deploy:export_onnx_cli',
+    'onnx-detect': 'labkit.onnx_deploy:onnx_detect_cli',
     'privacy': 'labkit.privacy:privacy_cli',
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
