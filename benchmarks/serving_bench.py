@@ -11,7 +11,11 @@ model, the validation and the routing cost (goal: >= 0.8). On a shared machine t
 CPU time the gunicorn processes spent per request (read from /proc) is reported too: it does not depend on
 what else the machine runs. Prints a table and the figures as JSON.
 """
-import argparse, json, platform, os, sys, time
+import argparse
+import json
+import platform
+import os
+import sys
 import numpy as np
 from labkit.serving import GunicornServer, load_test
 

@@ -1,5 +1,9 @@
 "Shared fixtures: the repository, a Docker engine when one answers, free loopback ports"
-import json, os, shutil, socket, subprocess, sys
+import json
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 import pytest
 import nbval.plugin

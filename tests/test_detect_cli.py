@@ -1,21 +1,17 @@
 "`labkit detect` and `labkit train-detector` from the command line: exit status, outputs, messages"
-import csv, json, shutil, subprocess, sys
-from pathlib import Path
+import csv
+import json
+import subprocess
 import pytest
 
 pytest.importorskip('ultralytics')
 from labkit.docker_yolo import make_image_folder, SHAPE_CLASSES, EXIT_OK, EXIT_ERROR, EXIT_SKIPPED
 
+from conftest import labkit_cmd
+
 def labkit(*args):
     "Run the `labkit` console script of this environment"
-    exe = Path(sys.executable).parent/'labkit'
-    cmd = [str(exe) if exe.exists() else 'labkit', *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-@pytest.fixture(scope='module', autouse=True)
-def dispatcher():
-    r = labkit('detect', '--help')
-    if r.returncode != 0: pytest.skip(f"the labkit dispatcher has no `detect` command here: {r.stderr.strip()[-200:]}")
+    return subprocess.run(labkit_cmd(*args), capture_output=True, text=True, timeout=600)
 
 @pytest.fixture(scope='module')
 def images(tmp_path_factory):

@@ -1,6 +1,7 @@
 "The Dockerfiles and their entrypoint scripts lint clean (hadolint, shellcheck), when the linters are installed"
-import os, shutil, subprocess, sys
-from pathlib import Path
+import os
+import shutil
+import subprocess
 import pytest
 from conftest import REPO, BIN
 

@@ -1,5 +1,5 @@
 "The docs site has a page for every notebook, built by Quarto or by the static fallback"
-import re, shutil
+import shutil
 import nbformat, pytest
 from conftest import REPO
 from labkit.instructor import build_docs, page_title

@@ -1,7 +1,6 @@
 "`labkit doctor` tells the truth about this machine"
 import json, shutil, subprocess
-from pathlib import Path
-from conftest import labkit_cmd, REPO
+from conftest import labkit_cmd
 from labkit.core import gpu_available
 
 def _doctor(env=None):

@@ -1,6 +1,5 @@
 "`make lab` starts JupyterLab on nbs/ with token authentication"
 import os, re, signal, subprocess, time, urllib.error, urllib.request
-import pytest
 from conftest import REPO, free_port
 
 def _status(url) -> int:

@@ -1,7 +1,16 @@
 "Monitoring: the request log's guarantees with real processes, the metrics endpoint, and the Prometheus/Grafana files"
-import json, multiprocessing as mp, os, re, shutil, signal, subprocess, sys, textwrap, time, urllib.request
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
 from pathlib import Path
-import numpy as np, pandas as pd, pytest
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from labkit.monitoring import *
 from conftest import labkit_cmd

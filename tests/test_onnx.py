@@ -5,9 +5,12 @@
 - the Keras -> ONNX parity holds on the held-out digits;
 - the `labkit onnx-detect` command.
 """
-import importlib.metadata as md, json, os, shutil, subprocess, sys, venv
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import venv
 from pathlib import Path
-import numpy as np
 import pytest
 
 from labkit.onnx_deploy import (EDGE_STACK, HEAVY_MODULES, box_agreement, course_detector_weights, digits_images,
@@ -72,13 +75,9 @@ def test_keras_onnx_parity():
 
 
 def test_detect_command(detector, tmp_path):
-    labkit = shutil.which('labkit')
-    if labkit is None: pytest.skip('the labkit console script is not installed')
-    cli = subprocess.run([sys.executable, '-c', 'from labkit.cli import COMMANDS; print("onnx-detect" in COMMANDS)'],
-                         capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
-    if cli.stdout.strip() != 'True': pytest.skip('the labkit dispatcher has no onnx-detect command yet')
+    from conftest import labkit_cmd
     model, scenes, _ = detector
-    run = subprocess.run([labkit, 'onnx-detect', str(scenes[0].parent), str(tmp_path/'out'), str(model)],
+    run = subprocess.run(labkit_cmd('onnx-detect', scenes[0].parent, tmp_path/'out', model),
                          capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert run.returncode == 0, run.stderr
     found = json.loads((tmp_path/'out'/'detections.json').read_text())

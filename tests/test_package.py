@@ -1,5 +1,6 @@
 "The package stays light, and the `labkit` command answers"
-import json, os, subprocess, sys, time
+import subprocess
+import sys
 from conftest import labkit_cmd
 
 def _import_seconds() -> tuple:

@@ -148,14 +148,8 @@ def test_benchmark_script_prints_json_and_writes_figures(tmp_path):
     for f in ['accuracy_vs_epsilon.png', 'advantage_vs_epsilon.png']: assert (tmp_path/f).stat().st_size > 10_000
 
 
-def _dispatcher_knows_privacy() -> bool:
-    try: from labkit.cli import COMMANDS
-    except ImportError: return False
-    return 'privacy' in COMMANDS
-
-
-@pytest.mark.skipif(not _dispatcher_knows_privacy(), reason="the labkit dispatcher has no 'privacy' command here")
 def test_cli_command(tmp_path):
-    r = subprocess.run(['labkit', 'privacy', *TINY, '--out', str(tmp_path)], capture_output=True, text=True, timeout=600)
+    from conftest import labkit_cmd
+    r = subprocess.run(labkit_cmd('privacy', *TINY, '--out', tmp_path), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     _check_report(json.loads((tmp_path/'privacy.json').read_text()))

@@ -1,6 +1,5 @@
 "Student copies: no solution survives; self-checks fail helpfully on the stubs and pass on the solutions"
 import ast, re, subprocess
-from pathlib import Path
 import nbformat, pytest
 from conftest import labkit_cmd, REPO
 from labkit.core import SOLUTION_BEGIN, SOLUTION_END, CheckResult

@@ -1,5 +1,9 @@
 "The labkit-yolo image: build it, run it on a folder of the host, check what comes back and who owns it"
-import csv, json, os, shutil, subprocess, time
+import csv
+import json
+import os
+import subprocess
+import time
 from pathlib import Path
 import pytest
 
