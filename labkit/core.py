@@ -53,6 +53,14 @@ def _font_source() -> Path|None:
     f = Path(spec.origin).parent/'mpl-data'/'fonts'/'ttf'/'DejaVuSans.ttf'
     return f if f.exists() else None
 
+class _TritonBeforeTensorFlow:
+    "Import hook: load triton (PyTorch's compiler) before TensorFlow; importing it after TensorFlow crashes the process"
+    def find_spec(self, name, path=None, target=None):
+        if name == 'tensorflow' and 'triton' not in sys.modules and importlib.util.find_spec('triton') is not None:
+            try: import triton
+            except ImportError: pass
+        return None   # the ordinary finders import the module itself
+
 def configure_offline() -> dict:
     "Set the environment so TensorFlow, ultralytics and hubs work with no network; returns what it set"
     yolo_dir = cache_dir()/'ultralytics'
@@ -67,6 +75,7 @@ def configure_offline() -> dict:
     if (font := _font_source()) is not None:
         for name in ('Arial.ttf', 'Arial.Unicode.ttf'):  # ultralytics otherwise downloads these
             if not (yolo_dir/name).exists(): shutil.copyfile(font, yolo_dir/name)
+    if not any(isinstance(f, _TritonBeforeTensorFlow) for f in sys.meta_path): sys.meta_path.insert(0, _TritonBeforeTensorFlow())
     if 'tensorflow' in sys.modules and os.environ['TF_USE_LEGACY_KERAS'] != '1':
         print("warning: TensorFlow was imported before labkit: restart the kernel to use tf_keras", file=sys.stderr)
     return {k: os.environ[k] for k in defaults}

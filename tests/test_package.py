@@ -25,3 +25,9 @@ def test_cli_lists_commands():
 def test_cli_unknown_command_is_clear():
     r = subprocess.run(labkit_cmd('frobnicate'), capture_output=True, text=True)
     assert r.returncode != 0 and "unknown command 'frobnicate'" in r.stderr
+
+def test_tensorflow_then_torch_compiler_does_not_crash():
+    "TensorFlow first, then triton (PyTorch's compiler): crashes the process unless labkit.core ordered them"
+    code = "import labkit.core, tensorflow, triton; print('alive')"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'alive' in r.stdout, (r.returncode, r.stderr[-500:])
