@@ -21,26 +21,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 import onnxruntime as ort
 from .core import *
+from .doctor import identity_onnx_model
 
 # %% ../nbs/04_onnx.ipynb
 _MAX_IR = {}
-
-def _identity_model(ir_version:int) -> bytes:
-    "A one-node opset-13 model stamped with `ir_version`, as bytes"
-    from onnx import helper, TensorProto
-    m = helper.make_model(helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'probe',
-                                            [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
-                                            [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])]),
-                          opset_imports=[helper.make_opsetid('', 13)])
-    m.ir_version = ir_version
-    return m.SerializeToString()
 
 def ort_max_ir_version() -> int:
     "Highest ONNX IR version the installed ONNX Runtime loads (found by trying)"
     import onnx
     if 'ir' not in _MAX_IR:
         for ir in range(onnx.IR_VERSION, 6, -1):
-            try: ort.InferenceSession(_identity_model(ir), providers=['CPUExecutionProvider']); break
+            try: ort.InferenceSession(identity_onnx_model(ir), providers=['CPUExecutionProvider']); break
             except Exception: continue
         _MAX_IR['ir'] = ir
     return _MAX_IR['ir']
