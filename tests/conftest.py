@@ -17,6 +17,7 @@ _collect_cells = nbval.plugin.IPyNbFile.collect
 def _collect_clean_cells(self):
     for item in _collect_cells(self):
         item.output_timeout = 60       # nbval waits 5 s for a cell's outputs after it ran: too short on a busy machine
+        item.add_marker(pytest.mark.timeout(900))   # a cell that trains is bounded by nbval's own cell timeout (`make test`), not the 300 s default
         cell = getattr(item, 'cell', None)
         if cell is not None and cell.get('cell_type') == 'code' and cell.get('execution_count') is None and cell.get('outputs'):
             cell.execution_count = 1

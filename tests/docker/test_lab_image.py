@@ -7,6 +7,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO, free_port
 
+# the image is built by the first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
+
 DOCKERFILE = REPO/'docker'/'lab'/'Dockerfile'
 IMAGE_UID = 1000                                  # the image's notebook user (build ARG NB_UID)
 HOST_USER = (2345, 2345) if os.getuid() == 0 else (os.getuid(), os.getgid())   # as root, play an ordinary host user

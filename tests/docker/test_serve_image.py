@@ -4,7 +4,8 @@ import pytest
 from conftest import REPO, free_port
 from labkit.serving import http_call, wait_until_up
 
-pytestmark = pytest.mark.docker
+# the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 
 def docker(*args, timeout=120, check=True):
     r = subprocess.run(['docker', *map(str, args)], capture_output=True, text=True, timeout=timeout)

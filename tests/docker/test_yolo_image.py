@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 import pytest
 
-pytestmark = pytest.mark.docker
+# the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = 'labkit-yolo'
 SHAPES = {'circle', 'square', 'triangle', 'star', 'cross'}
