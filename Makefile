@@ -33,7 +33,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --no-browser $(ROOT_FLAG)
 
 test: setup
-	LABKIT_FAST=1 $(PY) -m pytest tests nbs --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
+	LABKIT_FAST=1 $(PY) -m pytest tests nbs --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 -p no:cacheprovider
 
 check: setup
 	$(VENV)/bin/nbdev_export

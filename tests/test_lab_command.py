@@ -18,8 +18,8 @@ def test_make_lab_requires_the_token(tmp_path):
     proc = subprocess.Popen(['make', '-s', 'lab', f'PORT={port}', f'VENV={_venv()}'],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
-        token = None
-        for _ in range(120):                       # at most ~60 s for the server to print its URL
+        token, deadline = None, time.monotonic() + 120   # JupyterLab starts in ~10 s; a busy 2-core machine takes longer
+        while time.monotonic() < deadline:
             log.seek(0)
             if m := re.search(rf'http://127\.0\.0\.1:{port}/lab\?token=([0-9a-f]+)', log.read()): token = m.group(1); break
             if proc.poll() is not None: break

@@ -6,7 +6,7 @@ from conftest import labkit_cmd
 def _import_seconds() -> tuple:
     code = ("import time, sys; t = time.perf_counter(); import labkit; dt = time.perf_counter() - t; "
             "print(dt, [m for m in ('torch', 'tensorflow', 'ultralytics', 'pandas', 'matplotlib') if m in sys.modules])")
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120).stdout.split(maxsplit=1)
     return float(out[0]), eval(out[1])
 
 def test_import_labkit_is_light():
@@ -16,14 +16,14 @@ def test_import_labkit_is_light():
 
 def test_core_imports_no_framework():
     code = "import sys, labkit.core; print(sorted(m for m in ('torch', 'tensorflow', 'ultralytics') if m in sys.modules))"
-    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == '[]'
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120).stdout.strip() == '[]'
 
 def test_cli_lists_commands():
-    r = subprocess.run(labkit_cmd('--help'), capture_output=True, text=True)
+    r = subprocess.run(labkit_cmd('--help'), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'doctor' in r.stdout and 'student' in r.stdout
 
 def test_cli_unknown_command_is_clear():
-    r = subprocess.run(labkit_cmd('frobnicate'), capture_output=True, text=True)
+    r = subprocess.run(labkit_cmd('frobnicate'), capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown command 'frobnicate'" in r.stderr
 
 def test_tensorflow_then_torch_compiler_does_not_crash():

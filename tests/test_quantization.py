@@ -129,6 +129,7 @@ def test_zero_exact_and_error_within_half_a_step():
             assert (err <= scale + 1e-9 * max(abs(l), abs(h), 1)).all()
 
 
+@pytest.mark.timeout(960)   # trains float32 and QAT models in a subprocess bounded at 900 s
 def test_benchmark_script_prints_json_and_table(tmp_path):
     out = tmp_path/'quantization.json'
     env = {**os.environ, 'LABKIT_FAST': '1', 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}

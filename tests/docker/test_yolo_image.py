@@ -24,7 +24,7 @@ def image(docker_engine):
     print(f"labkit-yolo built in {time.perf_counter() - t0:.0f} s")
     yield IMAGE
     # keep the tagged image (the next build reuses its layers); remove the older builds it replaced
-    subprocess.run(['docker', 'image', 'prune', '--force', '--filter', 'label=labkit.image=yolo'], capture_output=True)
+    subprocess.run(['docker', 'image', 'prune', '--force', '--filter', 'label=labkit.image=yolo'], capture_output=True, timeout=300)
 
 def make_images(root: Path, n: int = 10) -> Path:
     "Scenes in two sub-folders and one corrupt JPEG, drawn without the deep-learning stack"
