@@ -121,10 +121,11 @@ def test_malformed_markers_are_refused_and_named(tmp_path, capsys, case):
     assert f'lab.ipynb: cell 1, {line}:' in err, err
     assert not (tmp_path/'student').exists()
 
-def test_markers_in_a_markdown_cell_are_refused(tmp_path, capsys):
-    _write_nb(tmp_path/'nbs', 'lab.ipynb', ('markdown', _cell('```python', SOLUTION_BEGIN, SECRET, SOLUTION_END, '```')))
+@pytest.mark.parametrize('kind', ['markdown', 'raw'])
+def test_markers_in_a_markdown_or_raw_cell_are_refused(tmp_path, capsys, kind):
+    _write_nb(tmp_path/'nbs', 'lab.ipynb', (kind, _cell('```python', SOLUTION_BEGIN, SECRET, SOLUTION_END, '```')))
     rc, out, err = _student(tmp_path/'nbs', tmp_path/'student', capsys)
-    assert rc != 0 and 'lab.ipynb: cell 0, line 2:' in err and 'markdown' in err, err
+    assert rc != 0 and 'lab.ipynb: cell 0, line 2:' in err and f'in a {kind} cell' in err, err
     assert not (tmp_path/'student').exists()
 
 def test_prose_that_mentions_the_markers_is_fine(tmp_path, capsys):
@@ -186,6 +187,7 @@ def test_a_new_run_replaces_the_earlier_copies(tmp_path, capsys):
     assert _student(src, out, capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ['a.ipynb']
     assert sorted(p.name for p in tmp_path.iterdir()) == ['nbs', 'student']
+    assert out.stat().st_mode & 0o777 == (tmp_path/'nbs').stat().st_mode & 0o777, "OUT_DIR is not made as any folder would be"
 
 @pytest.mark.parametrize('where', ['inside', 'parent', 'foreign'])
 def test_out_dir_that_would_lose_files_is_refused(tmp_path, capsys, where):
