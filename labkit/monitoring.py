@@ -532,7 +532,7 @@ def _prediction_ok(p) -> bool:
 def record_problem(self:DriftMonitor, record:dict) -> str:
     "Why a logged record cannot enter the window ('bad_inputs', 'bad_prediction', 'bad_field'), or None when it can"
     inputs = _inputs_of(record)
-    if not isinstance(inputs, (dict, list)) or not all(map(_is_scalar, inputs.values() if isinstance(inputs, dict) else inputs)):
+    if 'inputs' not in record or not isinstance(inputs, (dict, list)) or not all(map(_is_scalar, inputs.values() if isinstance(inputs, dict) else inputs)):
         return 'bad_inputs'
     if not _prediction_ok(record.get('prediction')): return 'bad_prediction'
     if not all(_is_scalar(v) for k, v in record.items() if k not in ('inputs', 'prediction')): return 'bad_field'
