@@ -312,6 +312,7 @@ def _checked(line:tuple, problem) -> tuple:
     if why is None: why = problem(record)
     return (offset, record if why is None else None, why)
 
+# %% ../nbs/07_monitoring.ipynb
 @patch
 def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
          problem=None):                       # optional check of a record: returns why it is bad, or None
@@ -409,7 +410,7 @@ class DriftMonitor:
                  min_labels:int=50,               # labelled requests needed before accuracy is reported
                  rules=None,                      # alert rules (default `ALERT_RULES`)
                  registry=None):                  # prometheus_client registry (default: a new one)
-        from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+        from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
         self.reference, self.window, self.min_records, self.min_labels = reference, window, min_records, min_labels
         self.features = list(features or [c for c in reference.columns if c not in ('prediction', 'label')])
         self.categorical = [c for c in self.features if (c in categorical if categorical is not None else _is_categorical(reference[c]))]
@@ -431,15 +432,25 @@ class DriftMonitor:
         self.g_nl = g('labkit_window_labelled_records', 'Requests in the window whose label has arrived')
         self.g_alert = g('labkit_alert_firing', '1 while the alert rule fires', ['alert'])
         self.g_updated = g('labkit_monitor_last_update_timestamp_seconds', 'When the monitor last computed its window')
-        self.g_since = g('labkit_monitor_seconds_since_update', 'Seconds since the last successful update (since the start before the first)')
-        self.g_since.set_function(lambda: time.time() - self._updated_at)
-        c = lambda name, doc, labels=(): Counter(name, doc, labels, registry=self.registry)
-        self.c_bad = c('labkit_monitor_bad_records_total', 'Log lines skipped because they are not usable records, by reason', ['reason'])
-        for why in BAD_RECORD_REASONS: self.c_bad.labels(reason=why)   # every reason exposed from the start, at 0
-        self.c_errors = c('labkit_monitor_update_errors_total', 'Updates that failed (the metrics kept their previous values)')
-        self._streak, self.firing, self.history, self._updated_at, self._counted = {}, set(), [], time.time(), {}
+        self._streak, self.firing, self.history = {}, set(), []
+        self._health_metrics()
 
     def __repr__(self): return f"DriftMonitor({len(self.features)} features, window={self.window})"
+
+# %% ../nbs/07_monitoring.ipynb
+@patch
+def _health_metrics(self:DriftMonitor):
+    "The monitor's own health: staleness, bad log lines by reason, failed updates"
+    from prometheus_client import Counter, Gauge
+    self._updated_at, self._counted = time.time(), {}   # last successful update; how far each segment's bad lines were counted
+    self.g_since = Gauge('labkit_monitor_seconds_since_update', 'Seconds since the last successful update (since the start before the first)',
+                         registry=self.registry)
+    self.g_since.set_function(lambda: time.time() - self._updated_at)   # computed when scraped
+    self.c_bad = Counter('labkit_monitor_bad_records_total', 'Log lines skipped because they are not usable records, by reason',
+                         ['reason'], registry=self.registry)
+    for why in BAD_RECORD_REASONS: self.c_bad.labels(reason=why)        # every reason exposed from the start, at 0
+    self.c_errors = Counter('labkit_monitor_update_errors_total', 'Updates that failed (the metrics kept their previous values)',
+                            registry=self.registry)
 
 # %% ../nbs/07_monitoring.ipynb
 def _agree(pred:pd.Series, label:pd.Series) -> pd.Series:
@@ -471,6 +482,7 @@ def evaluate(self:DriftMonitor) -> list:
     self.firing = firing
     return firing
 
+# %% ../nbs/07_monitoring.ipynb
 @patch
 def observe(self:DriftMonitor, current:pd.DataFrame) -> pd.DataFrame:
     "Compute the window's statistics from a frame of requests, set the gauges, evaluate the alerts"
@@ -844,6 +856,7 @@ APP_PANELS = {   # panels on the serving app's own metrics (labkit.serving): tit
     'Mean request latency': ('sum by (route) (rate(labkit_request_seconds_sum[5m])) / sum by (route) (rate(labkit_request_seconds_count[5m]))', '{{route}}'),
 }
 
+# %% ../nbs/07_monitoring.ipynb
 def grafana_dashboard(app_panels:dict=None) -> dict: # title -> (PromQL, legend) on the app's metrics; default `APP_PANELS`
     "The provisioned Grafana dashboard: alerts, drift, predictions, accuracy, the monitor's health, and the app's traffic"
     panels = [
@@ -900,6 +913,7 @@ def write_monitoring_config(root=None) -> list:
     dash_path.write_text(json.dumps(grafana_dashboard(), indent=1) + '\n')
     return [rules_path, dash_path]
 
+# %% ../nbs/07_monitoring.ipynb
 @dataclass
 class MonitorService:
     "A running `serve_monitor`: the monitor, its /metrics server and the thread that updates it"
