@@ -974,7 +974,7 @@ def monitor_cli(log_dir:str,            # folder of the request log the app writ
             print(f"monitor: /metrics on http://127.0.0.1:{service.port}/metrics, window {window}, every {interval:g}s", flush=True)
             while True: time.sleep(3600)
         except KeyboardInterrupt: pass
-        except OSError as e: raise SystemExit(f"labkit monitor: cannot serve on 127.0.0.1:{port}: {e}") from None
+        except OSError as e: raise SystemExit(f"labkit monitor: cannot start (log {log_dir}, port 127.0.0.1:{port}): {e}") from None
         finally:
             if service is not None: service.stop()
     return 0

@@ -269,6 +269,18 @@ def test_monitor_cli_names_a_bad_reference_file(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and 'absent.csv' in out.stderr and 'Traceback' not in out.stderr
 
+def test_monitor_cli_says_when_its_port_is_taken(reference, tmp_path):
+    import socket
+    ref, _ = reference
+    ref.to_csv(tmp_path/'ref.csv', index=False)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0)); taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(labkit_cmd('monitor', tmp_path/'log', tmp_path/'ref.csv', '--port', port),
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and f'127.0.0.1:{port}' in out.stderr and 'Traceback' not in out.stderr, out.stderr
+
 
 # --- Prometheus + Grafana files ---------------------------------------------------------------------------
 
