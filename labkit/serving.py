@@ -507,8 +507,8 @@ def read_chunked(stream,       # the request's `wsgi.input`, which the server de
     if size > limit: raise RequestEntityTooLarge()
     return b''.join(parts)
 
-def _is_chunked(environ) -> bool:
-    return 'chunked' in environ.get('HTTP_TRANSFER_ENCODING', '').lower() and not environ.get('CONTENT_LENGTH')
+def _is_chunked(environ) -> bool:   # chunked wins over a Content-Length sent beside it (RFC 9112, 6.3)
+    return 'chunked' in environ.get('HTTP_TRANSFER_ENCODING', '').lower()
 
 def _json_body() -> object:
     n, limit = request.content_length, request.max_content_length   # a chunked body was read (and counted) in `_start`
