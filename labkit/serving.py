@@ -495,6 +495,22 @@ def _json(body:dict, status:int=200) -> Response:
     "A compact JSON response"
     return Response(json.dumps(body, separators=(',', ':')), status, mimetype='application/json')
 
+def _json_body() -> object:
+    n, limit = request.content_length, request.max_content_length   # a chunked body was read (and counted) in `_start`
+    if n is not None and limit is not None and n > limit: raise RequestEntityTooLarge()
+    body = request.environ['wsgi.input'].read(n) if n else b''
+    if not body.strip(): raise _Rejected(400, [_problem('(body)', 'empty body: send a JSON record or a list of records')], 'empty body')
+    try: return json.loads(body)
+    except RecursionError: raise _Rejected(400, [_problem('(body)', 'JSON nested too deeply')], 'malformed JSON') from None
+    except ValueError as e: raise _Rejected(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
+
+def _check_admin(state:ServingState):
+    if not state.admin_token: raise _Rejected(403, [_problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN or LABKIT_ADMIN_TOKEN_FILE set')], 'forbidden')
+    given = request.headers.get('Authorization', '')
+    if not hmac.compare_digest(given.encode(), f'Bearer {state.admin_token}'.encode()):
+        raise _Rejected(401, [_problem('Authorization', 'expected "Bearer <admin token>"')], 'unauthorized')
+
+# %% ../nbs/02_serving.ipynb
 def read_chunked(stream,       # the request's `wsgi.input`, which the server de-chunks while it is read
                  limit:int) -> bytes: # most bytes accepted
     "The whole body of a chunked upload; 413 once it passes `limit`, 400 when the chunking is malformed"
@@ -510,16 +526,8 @@ def read_chunked(stream,       # the request's `wsgi.input`, which the server de
 def _is_chunked(environ) -> bool:   # chunked wins over a Content-Length sent beside it (RFC 9112, 6.3)
     return 'chunked' in environ.get('HTTP_TRANSFER_ENCODING', '').lower()
 
-def _json_body() -> object:
-    n, limit = request.content_length, request.max_content_length   # a chunked body was read (and counted) in `_start`
-    if n is not None and limit is not None and n > limit: raise RequestEntityTooLarge()
-    body = request.environ['wsgi.input'].read(n) if n else b''
-    if not body.strip(): raise _Rejected(400, [_problem('(body)', 'empty body: send a JSON record or a list of records')], 'empty body')
-    try: return json.loads(body)
-    except RecursionError: raise _Rejected(400, [_problem('(body)', 'JSON nested too deeply')], 'malformed JSON') from None
-    except ValueError as e: raise _Rejected(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
-
-def read_admin_token(path) -> str:   # a file holding the token (first line; surrounding blanks dropped)
+def read_admin_token(path # a file holding the token alone on one line (blanks around it are dropped)
+                    ) -> str:
     "The admin token kept in a file, so that it never shows in a command line"
     token = Path(path).read_text().strip()
     if not token or '\n' in token: raise ValueError(f"{path}: expected the token alone on one line")
@@ -531,12 +539,6 @@ def _admin_token_from(environ) -> str|None:
     "`LABKIT_ADMIN_TOKEN`, else the file named by `LABKIT_ADMIN_TOKEN_FILE`, else None (admin off)"
     if token := environ.get('LABKIT_ADMIN_TOKEN'): return token
     return read_admin_token(f) if (f := environ.get('LABKIT_ADMIN_TOKEN_FILE')) else None
-
-def _check_admin(state:ServingState):
-    if not state.admin_token: raise _Rejected(403, [_problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN or LABKIT_ADMIN_TOKEN_FILE set')], 'forbidden')
-    given = request.headers.get('Authorization', '')
-    if not hmac.compare_digest(given.encode(), f'Bearer {state.admin_token}'.encode()):
-        raise _Rejected(401, [_problem('Authorization', 'expected "Bearer <admin token>"')], 'unauthorized')
 
 # %% ../nbs/02_serving.ipynb
 def create_app(registry_dir=None,        # model registry folder; default `LABKIT_REGISTRY`, else the shipped one

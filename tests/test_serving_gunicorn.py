@@ -3,6 +3,7 @@ import http.client, json, os, signal, socket, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import REPO, free_port, labkit_cmd
 from labkit.cli import COMMANDS
 from labkit.serving import GunicornServer, SlowClients, http_call, load_test, wait_until_up
@@ -247,7 +248,6 @@ def test_admin_token_from_a_file_never_in_a_command_line(tmp_path):
     assert missing.returncode != 0 and 'nope' in missing.stderr and 'Traceback' not in missing.stderr, missing.stderr
 
 # ---- raw HTTP fuzzed through gunicorn --------------------------------------------------------------------------------
-from hypothesis import HealthCheck, given, settings, strategies as st
 
 def _frame(body:bytes, how:str, cut:int) -> tuple:
     "Headers and bytes of a body sent with a Content-Length, chunked (well or badly), or with nothing said"
