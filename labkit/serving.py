@@ -414,7 +414,8 @@ def openapi_spec(max_batch:int=MAX_BATCH, max_body:int=MAX_BODY) -> dict:
 HTTP_METHODS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT')   # any other: 'other'
 
 def metric_labels(rule,                  # the URL rule the request matched (`request.url_rule`, or its text), None if none
-                  method:str) -> tuple:  # the method as the client sent it
+                  method:str             # the method as the client sent it
+                 ) -> tuple:
     "Bounded (route, method) labels of a request: the matched rule or 'unmatched', a standard method or 'other'"
     return (getattr(rule, 'rule', rule) or 'unmatched'), (method if method in HTTP_METHODS else 'other')
 
