@@ -389,7 +389,7 @@ def openapi_spec(max_batch:int=MAX_BATCH, max_body:int=MAX_BODY) -> dict:
                                              {'type': 'array', 'minItems': 1, 'maxItems': max_batch, 'items': {'$ref': '#/components/schemas/Record'}}]}},
                         'application/x-www-form-urlencoded': {'schema': {'$ref': '#/components/schemas/Record'}}}},
                     'responses': {'200': ok_json('prediction(s) with the model version', {'$ref': '#/components/schemas/Prediction'}),
-                                  '400': err('empty body or malformed JSON'), '413': err('body too large'),
+                                  '400': err('empty body, malformed JSON or malformed chunked encoding'), '413': err('body too large'),
                                   '415': err('content type is neither JSON nor a form'), '422': err('a field is missing, unknown, of the wrong type or out of range')}}},
                 '/health': {'get': {'summary': 'Liveness', 'responses': {'200': ok_json('the process answers')}}},
                 '/ready': {'get': {'summary': 'Readiness', 'responses': {'200': ok_json('models loaded'), '503': ok_json('not ready')}}},
@@ -513,7 +513,8 @@ def _check_admin(state:ServingState):
 
 # %% ../nbs/02_serving.ipynb
 def read_chunked(stream,       # the request's `wsgi.input`, which the server de-chunks while it is read
-                 limit:int) -> bytes: # most bytes accepted
+                 limit:int     # most bytes accepted
+                ) -> bytes:
     "The whole body of a chunked upload; 413 once it passes `limit`, 400 when the chunking is malformed"
     parts, size = [], 0
     try:
