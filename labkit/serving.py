@@ -4,12 +4,13 @@
 
 # %% auto 0
 __all__ = ['FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MODEL_FORMAT', 'MODEL_NAME', 'MODEL_FILE', 'ASSETS_COMMAND',
-           'MAX_BATCH', 'MAX_BODY', 'STRATEGIES', 'log', 'GUNICORN_CONF', 'make_hiring', 'clean_hiring', 'frame_sha256',
-           'split_hiring', 'predict_salary', 'train_salary_model', 'ModelRejected', 'save_model', 'load_model',
-           'ModelRegistry', 'default_registry_dir', 'build_serving_assets', 'validate_record', 'validate_records',
-           'parse_form', 'PolicyError', 'Policy', 'make_policy', 'user_bucket', 'Route', 'Router', 'openapi_spec',
-           'ServingState', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'free_port', 'http_call',
-           'wait_until_up', 'child_pids', 'GunicornServer', 'serve_cli', 'load_test', 'check_sticky_bucket']
+           'MAX_BATCH', 'MAX_BODY', 'STRATEGIES', 'HTTP_METHODS', 'log', 'GUNICORN_CONF', 'ADMIN_TOKEN_REFUSED',
+           'make_hiring', 'clean_hiring', 'frame_sha256', 'split_hiring', 'predict_salary', 'train_salary_model',
+           'ModelRejected', 'save_model', 'load_model', 'ModelRegistry', 'default_registry_dir', 'build_serving_assets',
+           'validate_record', 'validate_records', 'parse_form', 'PolicyError', 'Policy', 'make_policy', 'user_bucket',
+           'Route', 'Router', 'openapi_spec', 'metric_labels', 'ServingState', 'read_chunked', 'read_admin_token',
+           'create_app', 'send_traffic', 'write_gunicorn_conf', 'free_port', 'http_call', 'wait_until_up', 'child_pids',
+           'GunicornServer', 'SlowClients', 'serve_cli', 'load_test', 'check_sticky_bucket']
 
 # %% ../nbs/02_serving.ipynb
 import hashlib, hmac, http.client, io, json, logging, math, os, random, re, shutil, signal, socket, subprocess, sys
@@ -388,7 +389,7 @@ def openapi_spec(max_batch:int=MAX_BATCH, max_body:int=MAX_BODY) -> dict:
                                              {'type': 'array', 'minItems': 1, 'maxItems': max_batch, 'items': {'$ref': '#/components/schemas/Record'}}]}},
                         'application/x-www-form-urlencoded': {'schema': {'$ref': '#/components/schemas/Record'}}}},
                     'responses': {'200': ok_json('prediction(s) with the model version', {'$ref': '#/components/schemas/Prediction'}),
-                                  '400': err('empty body or malformed JSON'), '413': err('body too large'),
+                                  '400': err('empty body, malformed JSON or malformed chunked encoding'), '413': err('body too large'),
                                   '415': err('content type is neither JSON nor a form'), '422': err('a field is missing, unknown, of the wrong type or out of range')}}},
                 '/health': {'get': {'summary': 'Liveness', 'responses': {'200': ok_json('the process answers')}}},
                 '/ready': {'get': {'summary': 'Readiness', 'responses': {'200': ok_json('models loaded'), '503': ok_json('not ready')}}},
@@ -410,6 +411,14 @@ def openapi_spec(max_batch:int=MAX_BATCH, max_body:int=MAX_BODY) -> dict:
                         'candidate': {'type': 'string', 'nullable': True}, 'percent': {'type': 'number', 'minimum': 0, 'maximum': 100}}}}}}
 
 # %% ../nbs/02_serving.ipynb
+HTTP_METHODS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT')   # any other: 'other'
+
+def metric_labels(rule,                  # the URL rule the request matched (`request.url_rule`, or its text), None if none
+                  method:str             # the method as the client sent it
+                 ) -> tuple:
+    "Bounded (route, method) labels of a request: the matched rule or 'unmatched', a standard method or 'other'"
+    return (getattr(rule, 'rule', rule) or 'unmatched'), (method if method in HTTP_METHODS else 'other')
+
 def _make_metrics() -> dict:
     reg = CollectorRegistry()
     return {'registry': reg, 'children': {},
@@ -488,7 +497,7 @@ def _json(body:dict, status:int=200) -> Response:
     return Response(json.dumps(body, separators=(',', ':')), status, mimetype='application/json')
 
 def _json_body() -> object:
-    n, limit = request.content_length, request.max_content_length   # chunked bodies got a length in `_start`
+    n, limit = request.content_length, request.max_content_length   # a chunked body was read (and counted) in `_start`
     if n is not None and limit is not None and n > limit: raise RequestEntityTooLarge()
     body = request.environ['wsgi.input'].read(n) if n else b''
     if not body.strip(): raise _Rejected(400, [_problem('(body)', 'empty body: send a JSON record or a list of records')], 'empty body')
@@ -497,17 +506,48 @@ def _json_body() -> object:
     except ValueError as e: raise _Rejected(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
 
 def _check_admin(state:ServingState):
-    if not state.admin_token: raise _Rejected(403, [_problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN set')], 'forbidden')
+    if not state.admin_token: raise _Rejected(403, [_problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN or LABKIT_ADMIN_TOKEN_FILE set')], 'forbidden')
     given = request.headers.get('Authorization', '')
     if not hmac.compare_digest(given.encode(), f'Bearer {state.admin_token}'.encode()):
         raise _Rejected(401, [_problem('Authorization', 'expected "Bearer <admin token>"')], 'unauthorized')
+
+# %% ../nbs/02_serving.ipynb
+def read_chunked(stream,       # the request's `wsgi.input`, which the server de-chunks while it is read
+                 limit:int     # most bytes accepted
+                ) -> bytes:
+    "The whole body of a chunked upload; 413 once it passes `limit`, 400 when the chunking is malformed"
+    parts, size = [], 0
+    try:
+        while size <= limit and (part := stream.read(min(64 * 1024, limit + 1 - size))):
+            parts.append(part); size += len(part)
+    except Exception as e:   # gunicorn raises its own parse errors, werkzeug OSError: either way the client sent it
+        raise _Rejected(400, [_problem('Transfer-Encoding', f'malformed chunked body: {str(e)[:120] or type(e).__name__}')], 'malformed chunked body') from None
+    if size > limit: raise RequestEntityTooLarge()
+    return b''.join(parts)
+
+def _is_chunked(environ) -> bool:   # chunked wins over a Content-Length sent beside it (RFC 9112, 6.3)
+    return 'chunked' in environ.get('HTTP_TRANSFER_ENCODING', '').lower()
+
+def read_admin_token(path # a file holding the token alone on one line (blanks around it are dropped)
+                    ) -> str:
+    "The admin token kept in a file, so that it never shows in a command line"
+    token = Path(path).read_text().strip()
+    if not token or '\n' in token: raise ValueError(f"{path}: expected the token alone on one line")
+    return token
+
+def _others_may_read(path) -> bool: return bool(os.stat(path).st_mode & 0o077)
+
+def _admin_token_from(environ) -> str|None:
+    "`LABKIT_ADMIN_TOKEN`, else the file named by `LABKIT_ADMIN_TOKEN_FILE`, else None (admin off)"
+    if token := environ.get('LABKIT_ADMIN_TOKEN'): return token
+    return read_admin_token(f) if (f := environ.get('LABKIT_ADMIN_TOKEN_FILE')) else None
 
 # %% ../nbs/02_serving.ipynb
 def create_app(registry_dir=None,        # model registry folder; default `LABKIT_REGISTRY`, else the shipped one
                policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
                request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
                policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
-               admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN` (unset: admin off)
+               admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN`, else `LABKIT_ADMIN_TOKEN_FILE` (neither: admin off)
                max_batch:int=MAX_BATCH,  # records in one request
                max_body:int=MAX_BODY,    # bytes in one request body
                seed:int=0) -> Flask:     # seed of the canary draws (reproducible traffic splits)
@@ -518,7 +558,7 @@ def create_app(registry_dir=None,        # model registry folder; default `LABKI
     registry = ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)
     state = ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),
-                         admin_token or os.environ.get('LABKIT_ADMIN_TOKEN') or None, max_batch)
+                         admin_token or _admin_token_from(os.environ), max_batch)
     app = Flask('labkit.serving')
     app.config.update(MAX_CONTENT_LENGTH=max_body, MAX_FORM_MEMORY_SIZE=max_body, MAX_FORM_PARTS=50)
     app.extensions['labkit_serving'] = state
@@ -538,16 +578,14 @@ def create_app(registry_dir=None,        # model registry folder; default `LABKI
     def _start():
         g.t0 = time.perf_counter()
         env = request.environ
-        if request.content_length is None and env.get('wsgi.input_terminated'):
-            # a chunked upload has no Content-Length: werkzeug would cut it silently at the limit, so read one byte more
-            body = env['wsgi.input'].read(max_body + 1)
-            if len(body) > max_body: raise RequestEntityTooLarge()
+        if _is_chunked(env):   # no Content-Length: read it all now (within the limit), then it has one
+            body = read_chunked(env['wsgi.input'], max_body)
             env.update({'wsgi.input': io.BytesIO(body), 'CONTENT_LENGTH': str(len(body))}); env.pop('HTTP_TRANSFER_ENCODING', None)
 
     @app.after_request
     def _count(resp):
-        rule = request.url_rule.rule if request.url_rule else '(unmatched)'
-        _labelled(state.metrics, 'requests', rule, request.method, str(resp.status_code)).inc()
+        rule, method = metric_labels(request.url_rule, request.method)   # bounded: a scan cannot add series
+        _labelled(state.metrics, 'requests', rule, method, str(resp.status_code)).inc()
         _labelled(state.metrics, 'latency', rule).observe(time.perf_counter() - g.get('t0', time.perf_counter()))
         resp.headers.setdefault('X-Content-Type-Options', 'nosniff')
         return resp
@@ -663,7 +701,10 @@ import glob, os, shutil, tempfile
 
 bind = os.environ.get('LABKIT_BIND', '127.0.0.1:8000')      # loopback only unless told otherwise
 workers = int(os.environ.get('LABKIT_WORKERS', '2'))
-worker_class = 'sync'
+worker_class = os.environ.get('LABKIT_WORKER_CLASS', 'gthread')   # threads: a slow client holds one thread, not a worker
+threads = int(os.environ.get('LABKIT_THREADS', '32')) if worker_class == 'gthread' else 1   # per worker (sync with threads > 1 would be gthread)
+worker_connections = threads    # a worker with every thread busy leaves new connections to the others
+keepalive = 0                   # one request per connection (as sync workers do): an idle client holds no slot
 timeout = int(os.environ.get('LABKIT_TIMEOUT', '30'))       # a worker silent this long is killed and replaced
 graceful_timeout = 10
 accesslog = os.environ.get('LABKIT_ACCESS_LOG') or None     # '-' for stdout
@@ -734,7 +775,7 @@ def wait_until_up(url:str, timeout:float=30.0, proc=None) -> bool:
         if proc is not None and proc.poll() is not None: return False
         try:
             if http_call(url, timeout=2)[0] == 200: return True
-        except OSError: pass
+        except (OSError, http.client.HTTPException): pass   # not listening yet, or an answer cut short
         time.sleep(0.1)
     return False
 
@@ -785,39 +826,82 @@ class GunicornServer:
         "What gunicorn logged so far"
         return (self.dir/'gunicorn.log').read_text(errors='replace') if (self.dir/'gunicorn.log').exists() else ''
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try: self.proc.wait(15)
-            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait(5)
+        if self.proc: stop_child(self.proc, grace=15)   # the master, and any worker it left behind
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return False
 
 # %% ../nbs/02_serving.ipynb
-def serve_cli(port:int=8000,          # TCP port
-              workers:int=2,          # gunicorn worker processes; 0 runs Flask's development server
-              registry:str=None,      # model registry folder (default: the one shipped in data/)
-              policy_file:str=None,   # JSON file with the routing policy, watched for changes
-              admin_token:str=None,   # token of the /admin routes (default LABKIT_ADMIN_TOKEN; unset: admin off)
-              host:str='127.0.0.1'):  # address to bind: keep the loopback unless a proxy stands in front
-    "Serve the salary model: gunicorn with `workers` workers, or the Flask development server"
+class SlowClients:
+    "`n` connections that each send a request one header line every `every` seconds, for the length of a `with` block"
+    def __init__(self, url:str, n:int=40, every:float=2.0, max_seconds:float=120):
+        self.url, self.n, self.every, self.max_seconds, self.socks, self.lines_sent = url, n, every, max_seconds, [], 0
+    def __enter__(self):
+        u = urllib.parse.urlsplit(self.url)
+        for _ in range(self.n):
+            s = socket.create_connection((u.hostname, u.port), timeout=5)
+            s.sendall(f'POST /predict HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n'.encode())
+            self.socks.append(s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True); self._thread.start()
+        return self
+    def _trickle(self):
+        end = time.monotonic() + self.max_seconds   # bounded even if the block never ends
+        while not self._stop.wait(self.every) and time.monotonic() < end:
+            for s in self.socks:
+                try: s.sendall(f'X-Slow-{self.lines_sent}: 1\r\n'.encode())
+                except OSError: pass   # the server gave up on this one
+            self.lines_sent += 1
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join(10)
+        for s in self.socks: s.close()
+        return False
+
+# %% ../nbs/02_serving.ipynb
+ADMIN_TOKEN_REFUSED = ("labkit serve: --admin_token is refused: a token in the command line can be read by every user "
+                       "of the machine (ps, /proc/PID/cmdline). Put it in the environment (LABKIT_ADMIN_TOKEN=...) "
+                       "or in a file only you can read (--admin_token_file PATH, chmod 600).")
+
+def _serve_env(registry, policy_file, admin_token_file) -> dict:
+    "The environment of the service; exits with a message naming the option at fault"
     env = dict(os.environ)
     if registry: env['LABKIT_REGISTRY'] = str(Path(registry).resolve())
     if policy_file: env['LABKIT_POLICY_FILE'] = str(Path(policy_file).resolve())
-    if admin_token: env['LABKIT_ADMIN_TOKEN'] = admin_token
-    if workers <= 0:
-        app = create_app(env.get('LABKIT_REGISTRY'), policy_file=env.get('LABKIT_POLICY_FILE'), admin_token=env.get('LABKIT_ADMIN_TOKEN'))
-        print(f"Flask development server on http://{host}:{port} (one process; use --workers 2 for gunicorn)")
-        app.run(host=host, port=port)
-        return 0
+    if admin_token_file:
+        try: read_admin_token(admin_token_file)
+        except (OSError, ValueError) as e: raise SystemExit(f"labkit serve: --admin_token_file: {e}") from None
+        if _others_may_read(admin_token_file):
+            print(f"labkit serve: warning: {admin_token_file} can be read by other users: chmod 600 it", file=sys.stderr, flush=True)
+        env['LABKIT_ADMIN_TOKEN_FILE'] = str(Path(admin_token_file).resolve())
+        env.pop('LABKIT_ADMIN_TOKEN', None)   # the file given on purpose wins
+    return env
+
+def _flask_dev_server(env:dict, host:str, port:int) -> int:
+    "Flask's development server until Ctrl-C or SIGTERM"
+    app = create_app(env.get('LABKIT_REGISTRY'), policy_file=env.get('LABKIT_POLICY_FILE'), admin_token=_admin_token_from(env))
+    print(f"Flask development server on http://{host}:{port} (one process; use --workers 2 for gunicorn)", flush=True)
+    with signals_interrupt():   # SIGTERM stops it as Ctrl-C does: the socket is closed on the way out
+        try: app.run(host=host, port=port)
+        except KeyboardInterrupt: pass
+    return 0
+
+def serve_cli(port:int=8000,              # TCP port
+              workers:int=2,              # gunicorn worker processes; 0 runs Flask's development server
+              threads:int=32,             # threads per gunicorn worker: a slow client holds one thread, not a worker
+              registry:str=None,          # model registry folder (default: the one shipped in data/)
+              policy_file:str=None,       # JSON file with the routing policy, watched for changes
+              admin_token_file:str=None,  # file holding the token of the /admin routes (else LABKIT_ADMIN_TOKEN; neither: admin off)
+              admin_token:str=None,       # refused: a token in the command line is visible to every user; see admin_token_file
+              host:str='127.0.0.1'):      # address to bind: keep the loopback unless a proxy stands in front
+    "Serve the salary model: gunicorn with `workers` workers, or the Flask development server"
+    if admin_token is not None: raise SystemExit(ADMIN_TOKEN_REFUSED)
+    env = _serve_env(registry, policy_file, admin_token_file)
+    if workers <= 0: return _flask_dev_server(env, host, port)
     conf = write_gunicorn_conf(cache_dir()/'serve'/'gunicorn.conf.py')
-    env.update(LABKIT_BIND=f'{host}:{port}', LABKIT_WORKERS=str(workers))
-    print(f"gunicorn, {workers} workers, on http://{host}:{port}  (Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', str(conf), 'labkit.serving:create_app()'], env=env)
-    try: return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)
-        return 0 if proc.wait(20) in (0, -signal.SIGTERM) else 1
+    env.update(LABKIT_BIND=f'{host}:{port}', LABKIT_WORKERS=str(workers), LABKIT_THREADS=str(threads))
+    print(f"gunicorn, {workers} workers of {threads} threads, on http://{host}:{port}  (Ctrl-C stops it)", flush=True)
+    code = run_child([sys.executable, '-m', 'gunicorn', '-c', str(conf), 'labkit.serving:create_app()'], env)   # SIGTERM/SIGINT passed on
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 # %% ../nbs/02_serving.ipynb
 def load_test(url:str,              # full URL, e.g. http://127.0.0.1:8000/predict
@@ -835,7 +919,7 @@ def load_test(url:str,              # full URL, e.g. http://127.0.0.1:8000/predi
             try:
                 status, _, sec = http_call(url, 'POST' if body is not None else 'GET', body, timeout=timeout)
                 with lock: (lat.append(sec) if status == 200 else fails.append(status))
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:   # refused, reset, or an answer cut short (IncompleteRead)
                 with lock: fails.append(type(e).__name__)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]

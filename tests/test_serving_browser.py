@@ -47,7 +47,8 @@ def fill_and_submit(browser, url, values):
     browser.execute_script("window.labkitFormPage = true")   # gone once the answer (a new page) has loaded
     browser.find_element(By.ID, 'submit').click()
     WebDriverWait(browser, 15).until(
-        lambda b: b.execute_script("return window.labkitFormPage === undefined && document.readyState === 'complete'"))
+        lambda b: b.execute_script("return window.labkitFormPage === undefined && document.readyState === 'complete'"),
+        message='the answer page to load within 15 s of submitting the form')
 
 def test_form_shows_the_prediction(browser, server):
     url, seen = server

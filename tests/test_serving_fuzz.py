@@ -134,7 +134,7 @@ def send(req):
 def fields_named(r) -> list:
     "The fields a 4xx answer names: JSON problems, or the summary line of the HTML form page"
     if r.mimetype == 'application/json': return [p['field'] for p in r.get_json()['problems']]
-    m = re.search(r'<p class="error" id="errors">\d+ field\(s\) to correct: (.*)\.</p>', r.get_data(as_text=True))
+    m = re.search(r'<p class="error" id="errors">\d+ field\(s\) to correct: (.*)\.</p>', r.get_data(as_text=True), re.S)
     return html.unescape(m.group(1)).split(', ') if m else []
 
 def check(req, r):
@@ -193,3 +193,58 @@ def test_openapi_describes_every_route():
     routes.pop('/')                                   # the HTML form is for people, not part of the API
     assert {p: {m.upper() for m in ops} for p, ops in SPEC['paths'].items()} == routes
     assert SPEC['openapi'].startswith('3.')
+
+# ---- chunked uploads through the Flask test client (de-chunked as werkzeug's development server does) ---------------
+def chunked_stream(raw:bytes):
+    from werkzeug.serving import DechunkedInput
+    return DechunkedInput(io.BytesIO(raw))
+
+def chunk(*parts:bytes) -> bytes: return b''.join(b'%x\r\n%s\r\n' % (len(p), p) for p in parts) + b'0\r\n\r\n'
+
+@pytest.mark.parametrize('what,raw,status', [
+    ('valid, two chunks', chunk(b'{"experience": 5, "test_score"', b': 8, "interview_score": 7}'), 200),
+    ('chunk size zz', b'zz\r\n{"experience": 5}\r\n0\r\n\r\n', 400),
+    ('over the limit', chunk(*[b' ' * 8192] * 9), 413),
+])
+def test_chunked_bodies_in_process(what, raw, status):
+    r = CLIENT.post('/predict', content_type='application/json', headers={'Transfer-Encoding': 'chunked'},
+                    environ_overrides={'wsgi.input': chunked_stream(raw), 'wsgi.input_terminated': True})
+    assert r.status_code == status, (what, r.status_code, r.get_data(as_text=True)[:300])
+    if status == 200: assert r.get_json()['version'] == 'v2'
+    if status == 400: assert r.get_json()['problems'][0]['field'] == 'Transfer-Encoding'
+
+# ---- metric labels stay bounded ---------------------------------------------------------------------------------
+def test_random_methods_and_paths_do_not_grow_the_metrics():
+    app = create_app(); client = app.test_client()
+    rng = __import__('random').Random(0)
+    letters = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
+    for i in range(600):
+        method = ''.join(rng.choices(letters, k=rng.randint(3, 10)))
+        path = '/' + ''.join(rng.choices(letters + '0123456789/', k=rng.randint(1, 20)))
+        assert client.open(path, method=method).status_code < 500
+        assert client.open(f'/predict{i}' if i % 2 else '/predict', method=rng.choice(['GET', 'POST', 'BREW'])).status_code < 500
+    text = client.get('/metrics').get_data(as_text=True)
+    series = [l for l in text.splitlines() if l.startswith('labkit_http_requests_total{')]
+    routes = {r.rule for r in app.url_map.iter_rules()} | {'unmatched'}
+    assert 0 < len(series) <= 30, '\n'.join(series)
+    for line in series:
+        labels = dict(kv.split('=', 1) for kv in line[line.index('{') + 1:line.index('}')].split(','))
+        assert labels['route'].strip('"') in routes and labels['method'].strip('"') in {'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT', 'other'}, line
+    buckets = [l for l in text.splitlines() if l.startswith('labkit_request_seconds_count{')]
+    assert len(buckets) <= len(routes), buckets
+
+# ---- the HTML form, fuzzed on its own ---------------------------------------------------------------------------
+FORM_FIELDS = st.sampled_from(list(FEATURES) + ['user_id']) | st.text(max_size=12)
+FORM_VALUES = st.text(max_size=40) | st.sampled_from(['5', '1e3', '-0', 'nan', 'inf', '1e999', '0x10', '٣', ' 7 ', '<script>x</script>'])
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(FORM_FIELDS, FORM_VALUES, max_size=6))
+def test_fuzz_form_never_5xx(fields):
+    "Any form a browser (or a script) can post: the page again, with the prediction or each error; never a 5xx"
+    r = CLIENT.post('/predict', data=fields, content_type='application/x-www-form-urlencoded')
+    assert r.status_code in (200, 400, 413, 422), (fields, r.status_code, r.get_data(as_text=True)[:300])
+    assert r.mimetype == 'text/html'
+    page = r.get_data(as_text=True)
+    assert '<script>x</script>' not in page                       # what was typed comes back escaped
+    if r.status_code == 200: assert 'id="salary"' in page
+    else: assert fields_named(r), page[-500:]                     # the errors name their fields

@@ -4,7 +4,10 @@ import glob, os, shutil, tempfile
 
 bind = os.environ.get('LABKIT_BIND', '127.0.0.1:8000')      # loopback only unless told otherwise
 workers = int(os.environ.get('LABKIT_WORKERS', '2'))
-worker_class = 'sync'
+worker_class = os.environ.get('LABKIT_WORKER_CLASS', 'gthread')   # threads: a slow client holds one thread, not a worker
+threads = int(os.environ.get('LABKIT_THREADS', '32')) if worker_class == 'gthread' else 1   # per worker (sync with threads > 1 would be gthread)
+worker_connections = threads    # a worker with every thread busy leaves new connections to the others
+keepalive = 0                   # one request per connection (as sync workers do): an idle client holds no slot
 timeout = int(os.environ.get('LABKIT_TIMEOUT', '30'))       # a worker silent this long is killed and replaced
 graceful_timeout = 10
 accesslog = os.environ.get('LABKIT_ACCESS_LOG') or None     # '-' for stdout
