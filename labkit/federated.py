@@ -274,7 +274,8 @@ def fedavg(fed:Federation,
         chosen = _sample(rng, len(fed.clients), frac)
         local = [local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k), max_steps)
                  for k in chosen]
-        local = [validate_update(u, len(fed.clients[k]), w, most, np.inf, f'client {k}') for k, u in zip(chosen, local)]
+        sent = np.asarray(w, dtype=np.float32)   # the model as clients receive it (an `aggregate` may return float64)
+        local = [validate_update(u, len(fed.clients[k]), sent, most, np.inf, f'client {k}') for k, u in zip(chosen, local)]
         w = aggregate(local, [len(fed.clients[k]) for k in chosen])
         _record(h, fed, net, w, rnd, len(chosen) * (w.nbytes + up))   # model down + weights up, per client
     return h
