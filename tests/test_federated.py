@@ -329,6 +329,7 @@ def test_fl_server_stops_on_sigterm(tmp_path, with_client):
         except subprocess.TimeoutExpired: pytest.fail('fl-server still running 30 s after SIGTERM')
         assert code == 128 + signal.SIGTERM, (tmp_path/'server.log').read_text()[-3000:]
         assert not group_alive(server.pid)
-        with socket.socket() as s: s.bind(('127.0.0.1', port))   # the port is free again
+        with socket.socket() as s:   # nothing listens on the port any more (connections closed by the server may linger in TIME_WAIT)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', port)); s.listen()
     assert 'stopped by SIGTERM' in (tmp_path/'server.log').read_text()
     assert not (tmp_path/'history.json').exists()
