@@ -648,6 +648,7 @@ def _signal_exit_code(e:KeyboardInterrupt) -> int:
     "128 + the number of the signal that `signals_interrupt` turned into `e` (SIGINT for Ctrl-C)"
     return 128 + int(signal.Signals.__members__.get(str(e), signal.SIGINT))
 
+# %% ../nbs/06_federated.ipynb
 def fl_server_cli(address:str='127.0.0.1:8080', # host:port to listen on (keep 127.0.0.1 unless you mean it)
                   rounds:int=3,                  # federated rounds to run
                   clients:int=3,                 # clients to wait for; every one trains each round
@@ -705,6 +706,7 @@ def _wait_until_listening(port:int, server:subprocess.Popen, deadline:float) -> 
         time.sleep(0.2)
     return False
 
+# %% ../nbs/06_federated.ipynb
 def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:int=2, seed:int=0,
                timeout:float=300) -> History:
     "Start a Flower server and `clients` clients as separate processes on 127.0.0.1; wait, clean up, return the History"
