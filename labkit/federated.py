@@ -6,15 +6,16 @@
 __all__ = ['ALGORITHMS', 'FIXED_POINT_SCALE', 'load_digits_split', 'iid_partition', 'dirichlet_partition', 'shard_partition',
            'label_counts', 'make_partitions', 'plot_label_mix', 'make_model', 'get_weights', 'set_weights', 'Client',
            'Federation', 'make_federation', 'digits_federation', 'local_train', 'evaluate', 'History',
-           'weighted_average', 'fedavg', 'fedsgd', 'cyclic_transfer', 'single_transfer', 'stochastic_transfer',
-           'centralised', 'comparison_settings', 'compare_algorithms', 'summarise', 'plot_histories',
-           'accuracy_per_class', 'encode_fixed', 'decode_fixed', 'MaskingClient', 'SecureAggregationRefused',
-           'SecureAggregationRound', 'secure_sum', 'secure_weighted_average', 'flower_client', 'flower_server',
-           'fl_server_cli', 'fl_client_cli', 'run_flower', 'check_weighted_average']
+           'FederatedRoundFailed', 'validate_update', 'weighted_average', 'fedavg', 'fedsgd', 'cyclic_transfer',
+           'single_transfer', 'stochastic_transfer', 'centralised', 'comparison_settings', 'compare_algorithms',
+           'summarise', 'plot_histories', 'accuracy_per_class', 'encode_fixed', 'decode_fixed', 'fixed_point_bound',
+           'check_summable', 'MaskingClient', 'SecureAggregationRefused', 'SecureAggregationRound', 'secure_sum',
+           'secure_weighted_average', 'flower_client', 'checked_fedavg', 'flower_server', 'fl_server_cli',
+           'fl_client_cli', 'run_flower', 'check_weighted_average']
 
 # %% ../nbs/06_federated.ipynb
 from .core import *
-import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time
+import hashlib, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -220,6 +221,30 @@ def _record(h:History, fed:Federation, net:nn.Module, w:np.ndarray, rnd:int, nby
     h.log(rnd, *evaluate(net, w, fed.X_test, fed.y_test), nbytes)
 
 # %% ../nbs/06_federated.ipynb
+class FederatedRoundFailed(RuntimeError):
+    "A round of federated training could not be completed: too few clients answered, or too few valid results"
+
+def validate_update(weights,                   # a client's result: a flat vector, or Flower's list of arrays
+                    n_examples,                # the examples it says it trained on (its weight in the average)
+                    reference:np.ndarray,      # the global model's flat weights it was sent this round
+                    max_examples:int,          # most examples a client can hold (e.g. the largest partition)
+                    max_update_norm:float=100.0, # largest believable L2 distance from `reference`
+                    client:str='client'        # who sent it, for the error message
+                   ) -> np.ndarray:
+    "The client's weights as one vector like `reference`, or a ValueError naming the client and what is wrong"
+    arrays = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if len(arrays) != 1: raise ValueError(f"{client}: sent {len(arrays)} arrays, expected 1 (the flat weight vector)")
+    w = np.asarray(arrays[0])
+    if w.shape != reference.shape: raise ValueError(f"{client}: weights of shape {w.shape}, the global model has {reference.shape}")
+    if w.dtype != reference.dtype: raise ValueError(f"{client}: weights of dtype {w.dtype}, the global model has {reference.dtype}")
+    if bad := int(np.count_nonzero(~np.isfinite(w))): raise ValueError(f"{client}: {bad} weights are NaN or infinite")
+    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)) or not 1 <= n_examples <= max_examples:
+        raise ValueError(f"{client}: claims {n_examples!r} examples; a client holds from 1 to {max_examples}")
+    if (norm := float(np.linalg.norm(w.astype(np.float64) - reference))) > max_update_norm:
+        raise ValueError(f"{client}: update norm {norm:.4g} exceeds the bound {max_update_norm:g}")
+    return w
+
+# %% ../nbs/06_federated.ipynb
 def weighted_average(weights:list, # one flat weight vector per client
                      sizes:list    # number of examples behind each vector
                     ) -> np.ndarray:
@@ -242,13 +267,15 @@ def fedavg(fed:Federation,
            name:str='FedAvg',
            max_steps:int|None=None) -> History:
     "Federated averaging: sampled clients train locally in parallel, the server averages their weights"
-    net = fed.model(); w = get_weights(net); rng = np.random.default_rng(seed)
+    net = fed.model(); w = get_weights(net); rng = np.random.default_rng(seed); most = max(map(len, fed.clients))
     up = getattr(aggregate, 'bytes_per_value', w.itemsize) * w.size   # a client's upload (secure aggregation sends more)
     h = History(name); _record(h, fed, net, w, 0, 0)
     for rnd in progress(range(1, rounds + 1), desc=name, leave=False):
         chosen = _sample(rng, len(fed.clients), frac)
         local = [local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k), max_steps)
                  for k in chosen]
+        sent = np.asarray(w, dtype=np.float32)   # the model as clients receive it (an `aggregate` may return float64)
+        local = [validate_update(u, len(fed.clients[k]), sent, most, np.inf, f'client {k}') for k, u in zip(chosen, local)]
         w = aggregate(local, [len(fed.clients[k]) for k in chosen])
         _record(h, fed, net, w, rnd, len(chosen) * (w.nbytes + up))   # model down + weights up, per client
     return h
@@ -375,11 +402,31 @@ FIXED_POINT_SCALE = 2 ** 24
 
 def encode_fixed(x, scale:int=FIXED_POINT_SCALE) -> np.ndarray:
     "Reals to integers modulo 2**64 (two's complement fixed point)"
-    return np.round(np.asarray(x, dtype=np.float64) * scale).astype(np.int64).view(np.uint64)
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.abs(x) * scale < 2.0**63): raise ValueError(f"values must be finite and within ±2**63/{scale}")
+    return np.round(x * scale).astype(np.int64).view(np.uint64)
 
 def decode_fixed(v:np.ndarray, scale:int=FIXED_POINT_SCALE) -> np.ndarray:
     "Integers modulo 2**64 back to reals"
     return np.asarray(v, dtype=np.uint64).view(np.int64) / scale
+
+def fixed_point_bound(n_clients:int,                 # clients whose updates are summed
+                      scale:int=FIXED_POINT_SCALE) -> float:
+    "Largest |value| each client may send: the fixed-point sum of all stays within ±2**62, so int64 never wraps"
+    return 2.0**62 / (scale * max(1, n_clients))
+
+def check_summable(update,                  # one client's update
+                   n_clients:int,           # clients whose updates are summed
+                   cid:int,                 # the client, named in the error
+                   scale:int=FIXED_POINT_SCALE) -> np.ndarray:
+    "`update` as float64 if it can be summed in fixed point with `n_clients - 1` others, else a ValueError naming client `cid`"
+    u = np.asarray(update, dtype=np.float64)
+    if bad := int(np.count_nonzero(~np.isfinite(u))):
+        raise ValueError(f"client {cid}: {bad} values of its update are NaN or infinite: update refused")
+    if (big := float(np.abs(u).max(initial=0.0))) > (bound := fixed_point_bound(n_clients, scale)):
+        raise ValueError(f"client {cid}: update value {big:.4g} exceeds ±{bound:.4g}, the most each of {n_clients} clients "
+                         f"may send before their fixed-point sum wraps around: update refused")
+    return u
 
 # %% ../nbs/06_federated.ipynb
 def _mask_stream(secret:bytes, n:int, context:bytes) -> np.ndarray:
@@ -404,7 +451,7 @@ class MaskingClient:
         return m if self.cid < peer else np.uint64(0) - m
     def mask(self, update:np.ndarray, roster:dict, round_id:int=0, scale:int=FIXED_POINT_SCALE) -> np.ndarray:
         "The update in fixed point plus this client's pairwise masks with everyone on the roster"
-        y = encode_fixed(update, scale)
+        y = encode_fixed(check_summable(update, len(roster), self.cid, scale), scale)
         for peer in roster:
             if peer != self.cid: y = y + self._pair_mask(peer, roster, y.size, round_id)
         return y
@@ -483,6 +530,7 @@ def flower_client(fed:Federation, cid:int):
     fl = _flower()
     client, net = fed.clients[cid], fed.model()
     class DigitsClient(fl.client.NumPyClient):
+        def get_properties(self, config): return {'cid': cid}   # how the server names this client in its reports
         def fit(self, parameters, config):
             w = local_train(net, parameters[0], client, int(config['local_epochs']), int(config['batch_size']),
                             float(config['lr']), _client_seed(int(config['seed']), int(config['server_round']), cid))
@@ -492,24 +540,113 @@ def flower_client(fed:Federation, cid:int):
             return loss, len(client), {'accuracy': acc}
     return DigitsClient().to_client()
 
-def flower_server(fed:Federation, address:str='127.0.0.1:8080', rounds:int=3, local_epochs:int=2,
-                  batch_size:int=10, lr:float=0.1, seed:int=0, round_timeout:float=120) -> History:
-    "Run a Flower FedAvg server that waits for all of `fed`'s clients each round; returns the History"
+# %% ../nbs/06_federated.ipynb
+def _flower_name(proxy, names:dict) -> str:
+    "A Flower client as reports name it: the client number it gave, and the start of Flower's id for it"
+    return f"client {names[proxy.cid]} ({proxy.cid[:8]})" if names.get(proxy.cid) is not None else f"client {proxy.cid[:8]}"
+
+def _ask_client_number(proxy, server_round:int, timeout:float):
+    "The client number a Flower client reports in its properties (None if it gives none)"
+    try: return proxy.get_properties(_flower().common.GetPropertiesIns({}), timeout=timeout, group_id=server_round).properties.get('cid')
+    except Exception: return None   # a client that cannot say who it is is still asked to train, and named by Flower's id
+
+def _failed_fits(asked:list, results:list, failures:list, names:dict, round_timeout:float) -> list:
+    "Why each client asked to train has no result: failed fits, and clients that raised or never answered"
+    failed = [f for f in failures if isinstance(f, tuple)]
+    out = [f"{_flower_name(p, names)}: its fit failed ({r.status.message})" for p, r in failed]
+    answered = {p.cid for p, _ in results} | {p.cid for p, _ in failed}
+    errors = '; '.join(f"{type(e).__name__}: {e}" for e in failures if not isinstance(e, tuple)) or 'no answer'
+    return out + [f"{_flower_name(p, names)}: no result within {round_timeout:g} s or it raised ({errors})"
+                  for p in asked if p.cid not in answered]
+
+# %% ../nbs/06_federated.ipynb
+def checked_fedavg(initial:np.ndarray,           # flat weights of the initial global model
+                   n_clients:int,                # clients asked to train each round
+                   min_valid:int,                # fewest valid results a round may average
+                   max_examples:int,             # most examples a client may claim (the largest partition)
+                   max_update_norm:float=100.0,  # largest L2 distance of a client's weights from the global ones
+                   round_timeout:float=120,      # seconds a round waits for clients to connect
+                   **fedavg_kwargs):             # more arguments of Flower's FedAvg (evaluate_fn, on_fit_config_fn)
+    "Flower's FedAvg with every result checked by `validate_update`: invalid ones are left out, counted and named"
     fl = _flower()
-    from flwr.server.strategy import FedAvg
-    net, n = fed.model(), len(fed.clients)
-    h = History('FedAvg (Flower)')
+    class CheckedFedAvg(fl.server.strategy.FedAvg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            client_manager.wait_for(n_clients if server_round == 1 else min_valid, timeout=round_timeout)
+            self.asked = list(client_manager.all().values())[:n_clients]
+            if len(self.asked) < min_valid:
+                raise FederatedRoundFailed(f"round {server_round}: {len(self.asked)} of {n_clients} clients connected "
+                                           f"within {round_timeout:g} s, at least {min_valid} needed")
+            for p in self.asked:
+                if p.cid not in self.names: self.names[p.cid] = _ask_client_number(p, server_round, min(round_timeout, 10))
+            config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
+            return [(p, fl.common.FitIns(parameters, config)) for p in self.asked]
+        def aggregate_fit(self, server_round, results, failures):
+            accepted, rejected = [], []
+            for p, res in results:
+                try: accepted.append((validate_update(fl.common.parameters_to_ndarrays(res.parameters), res.num_examples,
+                                       self.weights, max_examples, max_update_norm, _flower_name(p, self.names)), res.num_examples))
+                except ValueError as e: rejected.append(str(e))
+            rejected += _failed_fits(self.asked, results, failures, self.names, round_timeout)
+            self.report.append({'round': server_round, 'asked': len(self.asked), 'valid': len(accepted), 'rejected': rejected})
+            for why in rejected: print(f"round {server_round}: left out {why}", file=sys.stderr, flush=True)
+            if len(accepted) < min_valid:
+                raise FederatedRoundFailed(f"round {server_round}: {len(accepted)} valid results of {len(self.asked)} clients, "
+                                           f"at least {min_valid} needed; left out: " + '; '.join(rejected))
+            self.weights = weighted_average([w for w, _ in accepted], [n for _, n in accepted])
+            return fl.common.ndarrays_to_parameters([self.weights]), {'valid': len(accepted), 'rejected': len(rejected)}
+    s = CheckedFedAvg(fraction_fit=1.0, min_fit_clients=min_valid, min_available_clients=min_valid, fraction_evaluate=0.0,
+                      min_evaluate_clients=0, initial_parameters=fl.common.ndarrays_to_parameters([initial]), **fedavg_kwargs)
+    s.weights, s.names, s.report, s.asked = np.asarray(initial), {}, [], []
+    return s
+
+# %% ../nbs/06_federated.ipynb
+def _wait_here(fn, *args):
+    "Run `fn` in a daemon thread and wait for it in this one, so a signal's KeyboardInterrupt stops the wait at once"
+    out = {}
+    def target():
+        try: out['value'] = fn(*args)
+        except BaseException as e: out['error'] = e
+    t = threading.Thread(target=target, daemon=True); t.start()
+    while t.is_alive(): t.join(0.2)
+    if 'error' in out: raise out['error']
+    return out.get('value')
+
+def flower_server(fed:Federation, address:str='127.0.0.1:8080', rounds:int=3, local_epochs:int=2,
+                  batch_size:int=10, lr:float=0.1, seed:int=0,
+                  round_timeout:float=120,      # seconds a round waits for clients to connect, and for each result
+                  min_clients:int=None,         # fewest valid results a round may average (default: a majority)
+                  max_update_norm:float=100.0   # bound on the L2 distance of a client's weights from the global ones
+                 ) -> History:
+    "Run Flower FedAvg over `fed`'s clients, every result checked; `meta` holds each round's report (and why a round failed)"
+    fl = _flower()
+    from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+    net, n, h = fed.model(), len(fed.clients), History('FedAvg (Flower)')
     def central_eval(rnd, parameters, config):
         acc, loss = evaluate(net, parameters[0], fed.X_test, fed.y_test)
-        h.log(rnd, acc, loss, 0 if rnd == 0 else 2 * n * fed.model_bytes)
+        h.log(rnd, acc, loss, 0 if rnd == 0 else 2 * len(strategy.asked) * fed.model_bytes)
         return loss, {'accuracy': acc}
     fit_config = lambda rnd: dict(local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed, server_round=rnd)
-    strategy = FedAvg(fraction_fit=1.0, min_fit_clients=n, min_available_clients=n, fraction_evaluate=0.0,
-                      min_evaluate_clients=0, evaluate_fn=central_eval, on_fit_config_fn=fit_config,
-                      initial_parameters=fl.common.ndarrays_to_parameters([get_weights(net)]))
-    fl.server.start_server(server_address=address, strategy=strategy,
-                           config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=round_timeout))
+    strategy = checked_fedavg(get_weights(net), n, min_clients or n // 2 + 1, max(map(len, fed.clients)), max_update_norm,
+                              round_timeout, evaluate_fn=central_eval, on_fit_config_fn=fit_config)
+    h.meta['rounds'] = strategy.report
+    server = fl.server.Server(client_manager=fl.server.SimpleClientManager(), strategy=strategy)
+    try: grpc_server = start_grpc_server(client_manager=server.client_manager(), server_address=address)
+    except RuntimeError as e: raise OSError(f"cannot listen on {address}: {e}") from None
+    try:
+        try: _wait_here(server.fit, rounds, round_timeout)
+        except FederatedRoundFailed as e: h.meta['failed'] = str(e)
+        _wait_here(server.disconnect_all_clients, min(round_timeout, 10))   # the clients' processes end
+    finally: grpc_server.stop(grace=1).wait(5)                              # the port is free once this returns
     return h
+
+# %% ../nbs/06_federated.ipynb
+def _write_whole(path:Path, text:str):
+    "Write `text` to `path` through a temporary file, so an interrupted write leaves the old file whole"
+    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); tmp.replace(path)
+
+def _signal_exit_code(e:KeyboardInterrupt) -> int:
+    "128 + the number of the signal that `signals_interrupt` turned into `e` (SIGINT for Ctrl-C)"
+    return 128 + int(signal.Signals.__members__.get(str(e), signal.SIGINT))
 
 # %% ../nbs/06_federated.ipynb
 def fl_server_cli(address:str='127.0.0.1:8080', # host:port to listen on (keep 127.0.0.1 unless you mean it)
@@ -520,12 +657,22 @@ def fl_server_cli(address:str='127.0.0.1:8080', # host:port to listen on (keep 1
                   batch_size:int=10,             # local minibatch size
                   lr:float=0.1,                  # local SGD learning rate
                   seed:int=0,                    # seeds the partition, the model and the local shuffles
-                  out:str=None):                 # write the per-round history here as JSON
-    "Serve federated averaging of the digits model with Flower until `rounds` rounds are done"
+                  out:str=None,                  # write the per-round history here as JSON
+                  round_timeout:float=120,       # seconds a round waits for clients, and for each client's result
+                  min_clients:int=None,          # fewest valid results a round may average (default: a majority)
+                  max_update_norm:float=100.0):  # largest L2 distance of a client's weights from the global model
+    "Serve federated averaging of the digits model with Flower until `rounds` rounds are done (exit 1 if one fails)"
     torch.set_num_threads(1)
-    h = flower_server(digits_federation(clients, partition, seed=seed), address, rounds, local_epochs, batch_size, lr, seed)
-    if out: Path(out).write_text(json.dumps({'name': h.name, 'rows': h.rows}))
+    with signals_interrupt():
+        try: h = flower_server(digits_federation(clients, partition, seed=seed), address, rounds, local_epochs, batch_size,
+                               lr, seed, round_timeout, min_clients, max_update_norm)
+        except (ValueError, OSError) as e: print(f"fl-server: {e}", file=sys.stderr); return 2
+        except KeyboardInterrupt as e:
+            print(f"fl-server: stopped by {e or 'SIGINT'}; no history written", file=sys.stderr); return _signal_exit_code(e)
+    if out: _write_whole(Path(out), json.dumps({'name': h.name, 'rows': h.rows, 'rounds': h.meta['rounds'],
+                                                'failed': h.meta.get('failed')}))
     print(h.frame.to_string(index=False))
+    if failed := h.meta.get('failed'): print(f"fl-server: {failed}", file=sys.stderr); return 1
     return 0 if len(h.rows) == rounds + 1 else 1
 
 def fl_client_cli(cid:int,                       # which client of the partition this process is (0-based)
@@ -559,6 +706,7 @@ def _wait_until_listening(port:int, server:subprocess.Popen, deadline:float) -> 
         time.sleep(0.2)
     return False
 
+# %% ../nbs/06_federated.ipynb
 def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:int=2, seed:int=0,
                timeout:float=300) -> History:
     "Start a Flower server and `clients` clients as separate processes on 127.0.0.1; wait, clean up, return the History"
@@ -570,7 +718,8 @@ def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:in
     deadline, procs, logs = time.monotonic() + timeout, [], []
     def start(name, call):
         logs.append(open(work/f'{name}.log', 'w'))
-        procs.append(subprocess.Popen(_python(call), stdout=logs[-1], stderr=subprocess.STDOUT, env=env))
+        procs.append(subprocess.Popen(_python(call), stdout=logs[-1], stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True))
     try:
         start('server', f"fl_server_cli({address!r}, {rounds}, {clients}, {partition!r}, {local_epochs}, seed={seed}, out={str(out)!r})")
         if _wait_until_listening(port, procs[0], deadline):   # clients start once the server listens
@@ -579,8 +728,7 @@ def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:in
         for p in procs: p.wait(timeout=max(1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired: pass
     finally:
-        for p in procs:
-            if p.poll() is None: p.kill(); p.wait()
+        for p in procs: stop_child(p, grace=5)   # each child and anything it started
         for f in logs: f.close()
     codes = [p.returncode for p in procs]
     if codes != [0] * (clients + 1) or not out.exists():

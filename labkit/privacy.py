@@ -288,6 +288,11 @@ def subsampled_gaussian_log_a(q:float,      # sampling rate
                               points_per_sigma:int=200 # grid density of the integration
                              ) -> float:
     "log A_α of the Poisson-subsampled Gaussian mechanism, by numerical integration over z ~ N(0, σ²)"
+    if not 0 <= q <= 1: raise ValueError(f"sample rate q={q}: it is a probability, it must lie in [0, 1]")
+    if not sigma >= 0: raise ValueError(f"noise multiplier sigma={sigma}: it must be >= 0")
+    if q == 0: return 0.0                                   # no one's data is used: nothing is spent
+    if sigma == 0: return math.inf                          # no noise: no guarantee at all
+    if q == 1: return alpha * (alpha - 1) / (2 * sigma**2)  # full batches: the plain Gaussian mechanism, exactly
     lo, hi = -14 * sigma, max(alpha, 1.0) + 14 * sigma    # the integrand peaks near z = 0 and z = α
     z = np.linspace(lo, hi, int((hi - lo) / sigma * points_per_sigma) + 1)
     log_density = -z**2 / (2 * sigma**2) - math.log(sigma * math.sqrt(2 * math.pi))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from labkit.privacy import (SURVEY_NOISE, add_survey_noise, additive_noise_matrix, dp_mean, dp_sgd_epsilon,
                             laplace_mechanism, laplace_scale, local_laplace, mechanism_epsilon, randomized_response,
-                            rr_epsilon, rr_estimate, survey_population, two_coin_matrix, two_coin_response)
+                            rr_epsilon, rr_estimate, survey_population, two_coin_matrix, two_coin_response,
+                            digits_split, privacy_sweep, subsampled_gaussian_log_a)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 4000   # seeded repetitions of each survey
@@ -110,15 +111,47 @@ def test_laplace_density_ratio_is_bounded_by_e_to_epsilon():
 
 # --- DP-SGD accounting ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('q,sigma,steps', [(1/3, 12.97, 90), (1/3, 2.21, 90), (0.05, 1.0, 1000), (0.004, 1.1, 30_000)])
-def test_recomputed_epsilon_matches_opacus_accountant(q, sigma, steps):
+def _opacus_rdp_epsilon(q, sigma, steps, delta=1e-5):
+    "ε of Opacus' RDP accountant for `steps` steps at sampling rate q and noise multiplier σ"
     from opacus.accountants import RDPAccountant
     acc = RDPAccountant()
     acc.history = [(sigma, q, steps)]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # Opacus warns when the best order is at the end of its range
-        theirs = acc.get_epsilon(1e-5)
-    assert dp_sgd_epsilon(q, sigma, steps, 1e-5) == pytest.approx(theirs, rel=0.01)
+        return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize('q,sigma,steps', [(1/3, 12.97, 90), (1/3, 2.21, 90), (0.05, 1.0, 1000), (0.004, 1.1, 30_000),
+                                           (1.0, 5.0, 10), (1.0, 1.0, 1), (1.0, 12.0, 300), (0.9, 3.0, 50),
+                                           (0.5, 0.8, 10), (0.01, 0.6, 100), (0.0, 1.0, 10)])
+def test_recomputed_epsilon_matches_opacus_accountant(q, sigma, steps):
+    assert dp_sgd_epsilon(q, sigma, steps, 1e-5) == pytest.approx(_opacus_rdp_epsilon(q, sigma, steps), rel=1e-6)
+
+
+def test_full_batch_epsilon_is_the_plain_gaussian_mechanism():
+    "q = 1 (no subsampling) once raised a math domain error from log1p(-q)"
+    assert dp_sgd_epsilon(1.0, 5.0, 10) == pytest.approx(2.8137, abs=1e-4)
+    assert subsampled_gaussian_log_a(1.0, 5.0, 3.0) == pytest.approx(3.0 * 2.0 / (2 * 5.0**2), rel=1e-12)
+
+
+@pytest.mark.parametrize('q,sigma,message', [(1.5, 1.0, 'sample rate'), (-0.1, 1.0, 'sample rate'),
+                                             (math.nan, 1.0, 'sample rate'), (0.5, -1.0, 'noise multiplier')])
+def test_epsilon_of_impossible_settings_is_refused(q, sigma, message):
+    with pytest.raises(ValueError, match=message): dp_sgd_epsilon(q, sigma, 10)
+
+
+def test_edge_settings_of_the_accountant():
+    assert dp_sgd_epsilon(0.5, 0.0, 10) == math.inf       # no noise: no guarantee
+
+
+def test_privacy_sweep_with_full_batches():
+    "A batch at least the size of the training set gives sample rate 1; the sweep still accounts it"
+    data = digits_split()
+    rows = privacy_sweep(data, epsilons=(8,), epochs=2, memorize_epochs=1, batch_size=len(data['y_train']) + 10)
+    dp = next(r for r in rows if r['setting'] == 'DP ε=8')
+    assert dp['sample_rate'] == 1.0 and dp['steps'] == 2
+    assert dp['epsilon_recomputed'] == pytest.approx(dp['epsilon_spent'], rel=1e-6)
+    assert dp['epsilon_spent'] <= 8.0
 
 
 # --- the benchmark, as a script and as a command -------------------------------------------------------------
