@@ -171,6 +171,7 @@ def asset(name:str, root=None) -> Path:
                            f"refusing to load it. Restore it from the repository or produce it with:\n    {entry['made_by']}")
     return p
 
+# %% ../nbs/00_core.ipynb
 def _one_line(e:Exception) -> str: return ' '.join(line.strip() for line in str(e).splitlines())
 
 def verify_assets(root=None) -> dict:
@@ -257,17 +258,47 @@ def _exchange(a:Path, b:Path) -> bool:
         return libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0   # AT_FDCWD, RENAME_EXCHANGE
     except (OSError, AttributeError): return False
 
+def _swap_folder(new:Path, dst:Path):
+    "Put folder `new` at `dst`; `new` then holds the old outputs (or nothing), for the caller to remove"
+    if not dst.exists(): os.rename(new, dst)
+    elif not _exchange(new, dst):   # no one-step swap here: two renames
+        old = new.with_name(new.name + '.old'); os.rename(dst, old); os.rename(new, dst); shutil.rmtree(old)
+
+def _swap_contents(new:Path, dst:Path):
+    "Replace what `dst` holds by what `new` (a folder inside it) holds: for a `dst` that cannot move (a volume)"
+    old = Path(tempfile.mkdtemp(dir=dst, prefix='.old-'))
+    for p in list(dst.iterdir()):
+        if p not in (new, old): os.rename(p, old/p.name)
+    for p in list(new.iterdir()): os.rename(p, dst/p.name)
+    new.rmdir(); shutil.rmtree(old)
+
+@contextmanager
+def _signals_deferred(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
+    "Signals that arrive during the block take effect right after it (a few renames are not cut in half)"
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    got = []
+    saved = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in signals}
+    try: yield
+    finally:
+        for s, h in saved.items(): signal.signal(s, h)
+        for s in got: signal.raise_signal(s)
+
+# %% ../nbs/00_core.ipynb
+def _movable(dst:Path) -> bool:
+    "True when folder `dst` can be replaced whole: it is absent, or no mount point and its parent is writable"
+    return not dst.exists() or (not os.path.ismount(dst) and os.access(dst.parent, os.W_OK))
+
 @contextmanager
 def staged_dir(dst):  # the output folder the block's outputs replace
-    "A new folder next to `dst` to build outputs in; it replaces `dst` whole when the block succeeds, else vanishes"
-    dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f'.{dst.name}.partial-'))
+    "A new folder to build outputs in; they replace what `dst` holds when the block succeeds, else vanish"
+    dst = Path(dst)
+    beside = _movable(dst)
+    (dst.parent if beside else dst).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent if beside else dst, prefix=f'.{dst.name}.partial-'))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if not dst.exists(): os.rename(tmp, dst)
-        elif not _exchange(tmp, dst):   # no one-step swap here: two renames, the old folder kept until the new is in place
-            old = tmp.with_name(tmp.name + '.old'); os.rename(dst, old); os.rename(tmp, dst); shutil.rmtree(old)
+        with _signals_deferred(): (_swap_folder if beside else _swap_contents)(tmp, dst)
     finally: shutil.rmtree(tmp, ignore_errors=True)   # the failed outputs, or the old ones after an exchange
 
 # %% ../nbs/00_core.ipynb
@@ -338,23 +369,27 @@ IMAGE_FORMATS = ('JPEG', 'PNG', 'BMP', 'TIFF', 'WEBP')   # what `open_image` dec
 class ImageRejected(ValueError):
     "A file that is not an image labkit decodes, or one too large to decode"
 
+def _pillow_open():
+    "Pillow's own `Image.open`: ultralytics replaces it by one that fetches a HEIF plugin for any unknown file"
+    from PIL import Image
+    patches = sys.modules.get('ultralytics.utils.patches')
+    if patches is not None and Image.open is getattr(patches, 'image_open', None): return patches._image_open
+    return Image.open
+
 def open_image(path, max_pixels:int=IMAGE_MAX_PIXELS):
     "The image at `path` decoded, upright by its EXIF orientation, as RGB (PIL); `ImageRejected` says why not"
     import warnings
     from PIL import Image, ImageOps, UnidentifiedImageError
     Image.init()                          # register the format plugins `formats=` names
-    Image.MAX_IMAGE_PIXELS = max_pixels   # Pillow's own guard, for any other caller
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2   # Pillow's own guard (it refuses above twice this), for every caller
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as im:
-                if im.width * im.height > max_pixels:
-                    raise ImageRejected(f"too large: {im.width}x{im.height} pixels ({im.width*im.height/1e6:.0f} MP), "
-                                        f"the limit is {max_pixels/1e6:.0f} MP; not decoded")
+            with _pillow_open()(path, formats=IMAGE_FORMATS) as im:
                 im.load()
                 return ImageOps.exif_transpose(im).convert('RGB')
-    except ImageRejected: raise
-    except Image.DecompressionBombError as e: raise ImageRejected(f"too large: {e}") from None
+    except Image.DecompressionBombError as e:   # raised from the header, before any pixel is decoded
+        raise ImageRejected(f"too large to decode (the limit is {max_pixels/1e6:g} MP): {e}") from None
     except UnidentifiedImageError: raise ImageRejected(f"cannot decode: not an image (none of {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, ZeroDivisionError) as e:
         raise ImageRejected(f"cannot decode: damaged or truncated image ({type(e).__name__}: {e})") from None

@@ -272,6 +272,7 @@ def _quiet_ultralytics():
             yield
     finally: LOGGER.setLevel(level)
 
+# %% ../nbs/04_onnx.ipynb
 def course_detector_weights() -> Path:
     "The course's YOLO detector weights (shipped by the YOLO lab, checked by sha256)"
     from labkit.docker_yolo import WEIGHTS_ASSET
