@@ -260,16 +260,18 @@ def _exchange(a:Path, b:Path) -> bool:
 
 def _swap_folder(new:Path, dst:Path):
     "Put folder `new` at `dst`; `new` then holds the old outputs (or nothing), for the caller to remove"
-    if not dst.exists(): os.rename(new, dst)
-    elif not _exchange(new, dst):   # no one-step swap here: two renames
-        old = new.with_name(new.name + '.old'); os.rename(dst, old); os.rename(new, dst); shutil.rmtree(old)
+    if not dst.exists(): os.rename(new, dst); return
+    if _exchange(new, dst): return
+    try: os.rename(dst, old := new.with_name(new.name + '.old'))   # no one-step swap here: two renames
+    except OSError: _swap_contents(new, dst); return                # `dst` cannot move (a mount point)
+    os.rename(new, dst); shutil.rmtree(old)
 
 def _swap_contents(new:Path, dst:Path):
-    "Replace what `dst` holds by what `new` (a folder inside it) holds: for a `dst` that cannot move (a volume)"
+    "Replace what `dst` holds by what folder `new` holds, entry by entry: for a `dst` that cannot move (a volume)"
     old = Path(tempfile.mkdtemp(dir=dst, prefix='.old-'))
     for p in list(dst.iterdir()):
         if p not in (new, old): os.rename(p, old/p.name)
-    for p in list(new.iterdir()): os.rename(p, dst/p.name)
+    for p in list(new.iterdir()): shutil.move(p, dst/p.name)   # a rename when both lie on one file system
     new.rmdir(); shutil.rmtree(old)
 
 @contextmanager
