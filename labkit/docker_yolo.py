@@ -14,7 +14,7 @@ import csv, json, math, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter
 from .core import *
 
 # %% ../nbs/01_docker_yolo.ipynb
