@@ -86,10 +86,14 @@ def probe_docker(timeout:float=10) -> dict:
     if r.returncode != 0: return {'answers': False, 'reason': (r.stderr.strip().splitlines() or ['docker info failed'])[-1]}
     return {'answers': True, 'server_version': json.loads(r.stdout.strip() or 'null')}
 
-def probe_assets() -> dict:
-    "Every file of the data manifest, checked by sha256"
-    files = verify_assets()
-    return {'data_dir': str(data_dir()), 'files': len(files), 'problems': {k: v for k, v in files.items() if v != 'ok'}}
+def probe_assets(root=None) -> dict: # data folder (default `data_dir()`)
+    "Every file of the data manifest checked by sha256, and every file of the data folder it does not list"
+    root = root or data_dir()
+    files = verify_assets(root)   # a missing manifest raises: an error of the report
+    problems = {k: v for k, v in files.items() if v != 'ok'}
+    problems |= {name: "not in the manifest, so labkit refuses to load it: remove it, or register it with the command "
+                       "that made it" for name in unlisted_files(root)}
+    return {'data_dir': str(root), 'files': len(files), 'problems': problems}
 
 # %% ../nbs/90_doctor.ipynb
 def doctor_report(heavy:bool=True) -> dict:

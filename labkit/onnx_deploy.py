@@ -12,7 +12,7 @@ __all__ = ['OPT_LEVELS', 'HEAVY_MODULES', 'EDGE_STACK', 'FULL_STACK', 'ort_max_i
            'precision_recall', 'ultralytics_detections', 'heldout_scenes', 'scene_truth', 'edge_probe_script',
            'run_edge_probe', 'distribution_closure', 'installed_mb', 'detector_variants_table',
            'optimisation_levels_table', 'keras_runners', 'yolo_runners', 'benchmark_rows', 'speed_table', 'plot_speed',
-           'check_detect_at', 'export_onnx_cli', 'onnx_detect_cli']
+           'check_detect_at', 'export_onnx_cli', 'NoImages', 'edge_detect_dir', 'onnx_detect_cli']
 
 # %% ../nbs/04_onnx.ipynb
 import ast, contextlib, json, os, shutil, subprocess, sys, tempfile, time
@@ -199,7 +199,7 @@ def slim_onnx(src,   # .onnx file to simplify
     "Simplify an ONNX graph with onnxslim (constant folding, dead and redundant nodes removed)"
     import onnx, onnxslim
     model = onnxslim.slim(onnx.load(str(src)))
-    onnx.save(fit_ir_version(model), str(dst))
+    with atomic_path(dst) as tmp: onnx.save(fit_ir_version(model), str(tmp))
     return Path(dst)
 
 def quantize_int8(src,   # float32 .onnx file
@@ -210,9 +210,10 @@ def quantize_int8(src,   # float32 .onnx file
     from onnxruntime.quantization import quantize_dynamic, QuantType
     root = logging.getLogger(); level = root.level
     root.setLevel(logging.ERROR)   # quiet its advice to run shape inference first: optional for these graphs
-    try: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
-    finally: root.setLevel(level)
-    onnx.save(fit_ir_version(onnx.load(str(dst))), str(dst))
+    with atomic_path(dst) as tmp:
+        try: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QUInt8)
+        finally: root.setLevel(level)
+        onnx.save(fit_ir_version(onnx.load(str(tmp))), str(tmp))
     return Path(dst)
 
 def graph_summary(path) -> dict:
@@ -271,20 +272,23 @@ def _quiet_ultralytics():
             yield
     finally: LOGGER.setLevel(level)
 
+# %% ../nbs/04_onnx.ipynb
 def course_detector_weights() -> Path:
     "The course's YOLO detector weights (shipped by the YOLO lab, checked by sha256)"
     from labkit.docker_yolo import WEIGHTS_ASSET
     return asset(WEIGHTS_ASSET)
 
-def export_yolo_onnx(weights,              # a YOLO .pt file
+def export_yolo_onnx(weights,              # a YOLO .pt file (its sha256 checked first, see `trusted_file`)
                      dst,                  # the .onnx file to write
                      imgsz:int=320,        # input height and width
                      batch:int=1,          # fixed batch size of the input
                      simplify:bool=True,   # let ultralytics simplify the graph with onnxslim
-                     opset:int=None        # ONNX operator set (None: ultralytics' choice)
+                     opset:int=None,       # ONNX operator set (None: ultralytics' choice)
+                     sha256:str=None       # sha256 of weights outside the data folder
                     ) -> Path:
     "Export YOLO weights to ONNX with ultralytics (offline), stamped with an IR version ONNX Runtime reads"
     import onnx
+    weights = trusted_file(weights, sha256)   # a .pt is a pickle: never unpickled unchecked
     YOLO = import_yolo()
     dst = Path(dst); dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, _quiet_ultralytics():   # ultralytics writes next to the weights: keep data/ untouched
@@ -294,7 +298,7 @@ def export_yolo_onnx(weights,              # a YOLO .pt file
                                    dynamic=False, device='cpu', verbose=False)
         model = onnx.load(str(out))
     onnx.checker.check_model(model)
-    onnx.save(fit_ir_version(model), str(dst))
+    with atomic_path(dst) as tmp: onnx.save(fit_ir_version(model), str(tmp))
     return dst
 
 def onnx_metadata(path) -> dict:
@@ -308,7 +312,7 @@ def load_rgb(image) -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3: raise ValueError(f"expected an HxWx3 array, got shape {image.shape}")
         return image.astype(np.uint8, copy=False)
-    if not isinstance(image, Image.Image): image = Image.open(image)
+    if not isinstance(image, Image.Image): return np.asarray(open_image(image))   # `ImageRejected` says why not
     return np.asarray(image.convert('RGB'))
 
 def resize_linear(img:np.ndarray,   # HxWxC uint8 image
@@ -675,37 +679,84 @@ def export_onnx_cli(dst:str,                # the .onnx file to write
                     weights:str=None,       # YOLO .pt weights (default: the course detector)
                     imgsz:int=320,          # input height and width
                     batch:int=1,            # fixed batch size
-                    int8:bool=False):       # also write an int8 dynamic-quantized copy next to it (NAME_int8.onnx)
+                    int8:bool=False,        # also write an int8 dynamic-quantized copy next to it (NAME_int8.onnx)
+                    weights_sha256:str=None): # sha256 of --weights outside the data folder (sha256sum FILE)
     "Export a YOLO detector to ONNX, ready for the edge detector"
-    out = export_yolo_onnx(weights or course_detector_weights(), dst, imgsz=imgsz, batch=batch)
-    print(json.dumps({'onnx': str(out), **graph_summary(out)}))
-    if int8:
-        q = quantize_int8(out, Path(out).with_name(Path(out).stem + '_int8.onnx'))
-        print(json.dumps({'onnx': str(q), **graph_summary(q)}))
-    return 0
+    try:
+        with signals_interrupt():
+            pt = Path(weights) if weights else course_detector_weights()
+            q = Path(dst).with_name(Path(dst).stem + '_int8.onnx')
+            outputs_apart(pt, dst, *([q] if int8 else []))
+            out = export_yolo_onnx(pt, dst, imgsz=imgsz, batch=batch, sha256=weights_sha256)
+            print(json.dumps({'onnx': str(out), **graph_summary(out)}))
+            if int8: print(json.dumps({'onnx': str(quantize_int8(out, q)), **graph_summary(q)}))
+    except KeyboardInterrupt as e:
+        print(f"labkit onnx-export: stopped ({e or 'SIGINT'})", file=sys.stderr); return EXIT_INTERRUPTED
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        print(f"labkit onnx-export: error: {e}", file=sys.stderr); return EXIT_ERROR
+    return EXIT_OK
 
 # %% ../nbs/04_onnx.ipynb
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
-def onnx_detect_cli(src:str,               # an image file or a folder of images
+class NoImages(ValueError):
+    "SRC holds no image to detect on"
+
+_ORT_ERRORS = tuple(e for e in vars(ort.capi.onnxruntime_pybind11_state).values()   # what ONNX Runtime raises
+                    if isinstance(e, type) and issubclass(e, Exception))
+
+def _edge_inputs(src:Path) -> tuple:
+    "(images, skipped) of an image file or of every file under a folder, paths relative to the folder"
+    files, skipped = ([Path(src.name)], []) if src.is_file() else discover_files(src)
+    images = [f for f in files if f.suffix.lower() in _IMAGE_SUFFIXES]
+    skipped += [[f.as_posix(), f"not an image file (suffix {f.suffix or 'none'!r})"] for f in files if f not in images]
+    if not images: raise NoImages(f"no images in {src}" + ''.join(f"; {f}: {why}" for f, why in sorted(skipped)))
+    return images, skipped
+
+def edge_detect_dir(src,                  # an image file or a folder of images (read recursively, never written)
+                    dst,                  # folder for detections.json (and annotated images)
+                    model,                # the detector's .onnx file
+                    conf:float=0.25, iou:float=0.7, device:str='auto',
+                    annotate:bool=False,  # also write copies of the images with the boxes drawn
+                    overwrite:bool=False  # replace the outputs of an earlier run in DST
+                   ) -> dict:
+    "Edge-detect on every image of SRC into DST: detections by file, [file, reason] of the files skipped"
+    if not Path(src).expanduser().exists(): raise FileNotFoundError(f"SRC {src} does not exist")
+    src, dst = outputs_apart(src, dst)
+    output_dir_ready(dst, overwrite, marker='detections.json')
+    images, skipped = _edge_inputs(src)
+    folder = src.parent if src.is_file() else src
+    det, found = EdgeDetector(model, conf=conf, iou=iou, device=device), {}
+    with staged_dir(dst) as out:   # the outputs replace DST's only once all are written
+        for rel in images:
+            try: img = load_rgb(folder/rel)
+            except ImageRejected as e: skipped.append([rel.as_posix(), str(e)]); continue
+            d = det(img)
+            found[rel.as_posix()] = det.records(d)
+            if annotate: (out/rel).parent.mkdir(parents=True, exist_ok=True); draw_detections(img, d, det.names).save(out/rel)
+        write_atomic(out/'detections.json', json.dumps(found, indent=1))
+    return {'detections': found, 'skipped': sorted(skipped), 'providers': det.session.get_providers(),
+            'output': str(dst/'detections.json')}
+
+# %% ../nbs/04_onnx.ipynb
+def onnx_detect_cli(src:str,               # an image file or a folder of images (read recursively, never written)
                     dst:str,               # folder for detections.json (and annotated images)
                     model:str,             # the detector's .onnx file
                     conf:float=0.25,       # lowest class score kept
                     iou:float=0.7,         # NMS overlap threshold
                     device:str='auto',     # 'auto', 'cuda' or 'cpu'
-                    annotate:bool=False):  # also write copies of the images with the boxes drawn
+                    annotate:bool=False,   # also write copies of the images with the boxes drawn
+                    overwrite:bool=False): # replace the outputs of an earlier run in DST
     "Detect objects with an ONNX YOLO model (numpy, Pillow and onnxruntime only)"
-    src, dst = Path(src), Path(dst)
-    images = [src] if src.is_file() else sorted(p for p in src.glob('*') if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not images: print(f"no images in {src}", file=sys.stderr); return 2
-    det = EdgeDetector(model, conf=conf, iou=iou, device=device)
-    dst.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for p in images:
-        d = det(p)
-        out[p.name] = det.records(d)
-        if annotate: draw_detections(p, d, det.names).save(dst/p.name)
-    (dst/'detections.json').write_text(json.dumps(out, indent=1))
-    print(json.dumps({'images': len(images), 'boxes': sum(map(len, out.values())),
-                      'providers': det.session.get_providers(), 'output': str(dst/'detections.json')}))
-    return 0
+    try:
+        with signals_interrupt():
+            rep = edge_detect_dir(src, dst, model, conf=conf, iou=iou, device=device, annotate=annotate, overwrite=overwrite)
+    except KeyboardInterrupt as e:
+        print(f"labkit onnx-detect: stopped ({e or 'SIGINT'}); DST left as it was", file=sys.stderr); return EXIT_INTERRUPTED
+    except NoImages as e: print(f"labkit onnx-detect: {e}", file=sys.stderr); return 2
+    except (OSError, ValueError, RuntimeError, *_ORT_ERRORS) as e:
+        print(f"labkit onnx-detect: error: {e}", file=sys.stderr); return EXIT_ERROR
+    print(json.dumps({'images': len(rep['detections']), 'boxes': sum(map(len, rep['detections'].values())),
+                      'skipped': len(rep['skipped']), 'providers': rep['providers'], 'output': rep['output']}))
+    for f, why in rep['skipped']: print(f"labkit onnx-detect: skipped {f}: {why}", file=sys.stderr)
+    return EXIT_SKIPPED if rep['skipped'] else EXIT_OK

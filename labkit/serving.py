@@ -147,7 +147,8 @@ class ModelRegistry:
     def __init__(self, root): self.root, self._models, self._lock = Path(root), {}, threading.Lock()
     def versions(self) -> list:
         "Versions present, oldest first"
-        found = [d.name for d in self.root.glob('v*') if re.fullmatch(r'v\d+', d.name) and (d/MODEL_FILE).exists()]
+        found = [d.name for d in self.root.glob('v*') if re.fullmatch(r'v\d+', d.name) and (d/MODEL_FILE).exists()
+                 and is_listed(d/MODEL_FILE)]   # in the data folder, only versions its manifest lists
         return sorted(found, key=lambda v: int(v[1:]))
     def latest(self) -> str:
         "The newest version"
@@ -156,7 +157,7 @@ class ModelRegistry:
     def get(self, version:str) -> dict:
         "The verified model of `version`"
         with self._lock:
-            if version not in self._models: self._models[version] = load_model(self.root/version/MODEL_FILE)
+            if version not in self._models: self._models[version] = load_model(listed_file(self.root/version/MODEL_FILE))
             return self._models[version]
     def __repr__(self): return f"ModelRegistry({str(self.root)!r}, versions={self.versions()})"
 

@@ -1,5 +1,6 @@
-"`labkit doctor` tells the truth about this machine"
+"`labkit doctor` tells the truth about this machine, and about the data folder"
 import json, shutil, subprocess
+import pytest
 from conftest import labkit_cmd
 from labkit.core import gpu_available
 
@@ -34,3 +35,33 @@ def test_doctor_fails_on_altered_data(tmp_path):
     rc, rep = _doctor({'LABKIT_DATA': str(data)})
     assert rc == 1
     assert any('weights.bin' in e and 'refusing' in e for e in rep['errors'])
+    assert any('weights.bin' in e and 'produce it with: python make_weights.py' in e for e in rep['errors']), rep['errors']
+
+def _data_copy(tmp_path):
+    from labkit.core import data_dir
+    data = tmp_path/'data'
+    shutil.copytree(data_dir(), data)
+    return data
+
+def test_doctor_fails_without_manifest(tmp_path):
+    data = _data_copy(tmp_path)
+    (data/'manifest.json').unlink()
+    rc, rep = _doctor({'LABKIT_DATA': str(data)})
+    assert rc == 1
+    assert any('manifest.json is missing' in e and 'Restore it' in e for e in rep['errors']), rep['errors']
+
+def test_unlisted_registry_version_is_refused_and_reported(tmp_path, monkeypatch):
+    from labkit.core import AssetUnlisted
+    from labkit.doctor import doctor_report, format_report
+    from labkit.serving import ModelRegistry, load_model, save_model
+    data = _data_copy(tmp_path)
+    hiring = data/'registry'/'hiring'
+    v3 = {k: v for k, v in load_model(hiring/'v2'/'model.json').items() if k != 'sha256'} | {'version': 'v3', 'intercept': 1e6}
+    save_model(v3, hiring)                              # a version with its own, matching sha256 file, not in the manifest
+    monkeypatch.setenv('LABKIT_DATA', str(data))
+    registry = ModelRegistry(hiring)
+    assert registry.versions() == ['v1', 'v2'] and registry.latest() == 'v2'
+    with pytest.raises(AssetUnlisted, match='not listed'): registry.get('v3')
+    rep = doctor_report(heavy=False)
+    assert sorted(rep['assets']['problems']) == ['registry/hiring/v3/model.json', 'registry/hiring/v3/model.json.sha256']
+    assert 'PROBLEMS' in format_report(rep) and 'all verified' not in format_report(rep)
