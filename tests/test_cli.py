@@ -83,3 +83,10 @@ def test_unknown_option_is_one_line_with_the_closest():
 def test_unknown_command_is_one_line_with_the_closest():
     r = subprocess.run(labkit_cmd('sevre'), capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (2, '', "labkit: unknown command 'sevre'; did you mean 'serve'?\n"), r
+
+def test_parse_errors_are_one_line(parsers, capsys):
+    for argv, expected in ((['nbs'], 'the following arguments are required: out_dir'),
+                           (['nbs', '_student', 'extra'], "unexpected argument 'extra'")):
+        with pytest.raises(SystemExit) as exit_: parsers['student'].parse_args(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count('\n') == 1 and expected in err, (argv, err)
