@@ -449,7 +449,7 @@ def detect_cli(src:str,                 # folder of images (read recursively, ne
             rep = detect_dir(src, dst, weights=weights, conf=conf, iou=iou, imgsz=imgsz, device=device, batch=batch,
                              overwrite=overwrite, show_progress=not quiet, weights_sha256=weights_sha256)
     except KeyboardInterrupt as e:
-        print(f"labkit detect: stopped ({e or 'SIGINT'}); DST left as it was", file=sys.stderr); return EXIT_INTERRUPTED
+        print(f"labkit detect: stopped ({e or 'SIGINT'}); DST left as it was", file=sys.stderr); return interrupted_exit_code(e)
     except (DetectError, WeightsNeedDownload, OSError, KeyError, RuntimeError, TypeError, ValueError) as e:
         print(f"labkit detect: error: {e}", file=sys.stderr); return EXIT_ERROR
     print(f"{rep.images} images annotated, {rep.detections} detections, {rep.images_per_s} images/s on {rep.device}; "

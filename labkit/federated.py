@@ -640,15 +640,6 @@ def flower_server(fed:Federation, address:str='127.0.0.1:8080', rounds:int=3, lo
     return h
 
 # %% ../nbs/06_federated.ipynb
-def _write_whole(path:Path, text:str):
-    "Write `text` to `path` through a temporary file, so an interrupted write leaves the old file whole"
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); tmp.replace(path)
-
-def _signal_exit_code(e:KeyboardInterrupt) -> int:
-    "128 + the number of the signal that `signals_interrupt` turned into `e` (SIGINT for Ctrl-C)"
-    return 128 + int(signal.Signals.__members__.get(str(e), signal.SIGINT))
-
-# %% ../nbs/06_federated.ipynb
 def fl_server_cli(address:str='127.0.0.1:8080', # host:port to listen on (keep 127.0.0.1 unless you mean it)
                   rounds:int=3,                  # federated rounds to run
                   clients:int=3,                 # clients to wait for; every one trains each round
@@ -668,8 +659,8 @@ def fl_server_cli(address:str='127.0.0.1:8080', # host:port to listen on (keep 1
                                lr, seed, round_timeout, min_clients, max_update_norm)
         except (ValueError, OSError) as e: print(f"fl-server: {e}", file=sys.stderr); return 2
         except KeyboardInterrupt as e:
-            print(f"fl-server: stopped by {e or 'SIGINT'}; no history written", file=sys.stderr); return _signal_exit_code(e)
-    if out: _write_whole(Path(out), json.dumps({'name': h.name, 'rows': h.rows, 'rounds': h.meta['rounds'],
+            print(f"fl-server: stopped by {e or 'SIGINT'}; no history written", file=sys.stderr); return interrupted_exit_code(e)
+    if out: write_atomic(out, json.dumps({'name': h.name, 'rows': h.rows, 'rounds': h.meta['rounds'],
                                                 'failed': h.meta.get('failed')}))
     print(h.frame.to_string(index=False))
     if failed := h.meta.get('failed'): print(f"fl-server: {failed}", file=sys.stderr); return 1

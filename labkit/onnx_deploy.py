@@ -691,7 +691,7 @@ def export_onnx_cli(dst:str,                # the .onnx file to write
             print(json.dumps({'onnx': str(out), **graph_summary(out)}))
             if int8: print(json.dumps({'onnx': str(quantize_int8(out, q)), **graph_summary(q)}))
     except KeyboardInterrupt as e:
-        print(f"labkit onnx-export: stopped ({e or 'SIGINT'})", file=sys.stderr); return EXIT_INTERRUPTED
+        print(f"labkit onnx-export: stopped ({e or 'SIGINT'})", file=sys.stderr); return interrupted_exit_code(e)
     except (OSError, KeyError, RuntimeError, TypeError, ValueError) as e:
         print(f"labkit onnx-export: error: {e}", file=sys.stderr); return EXIT_ERROR
     return EXIT_OK
@@ -752,7 +752,7 @@ def onnx_detect_cli(src:str,               # an image file or a folder of images
         with signals_interrupt():
             rep = edge_detect_dir(src, dst, model, conf=conf, iou=iou, device=device, annotate=annotate, overwrite=overwrite)
     except KeyboardInterrupt as e:
-        print(f"labkit onnx-detect: stopped ({e or 'SIGINT'}); DST left as it was", file=sys.stderr); return EXIT_INTERRUPTED
+        print(f"labkit onnx-detect: stopped ({e or 'SIGINT'}); DST left as it was", file=sys.stderr); return interrupted_exit_code(e)
     except NoImages as e: print(f"labkit onnx-detect: {e}", file=sys.stderr); return 2
     except (OSError, ValueError, RuntimeError, *_ORT_ERRORS) as e:
         print(f"labkit onnx-detect: error: {e}", file=sys.stderr); return EXIT_ERROR

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip('ultralytics')
 from labkit.docker_yolo import make_image_folder, SHAPE_CLASSES, EXIT_OK, EXIT_ERROR, EXIT_SKIPPED
 
-from labkit.core import EXIT_INTERRUPTED, sha256_file, data_dir
+from labkit.core import sha256_file, data_dir
 from conftest import labkit_cmd
 from hostile_inputs import evil_pt, huge_png_header
 
@@ -155,7 +155,7 @@ def test_stopped_rerun_leaves_previous_outputs_whole(images, tmp_path, monkeypat
         real(path, bgr); written.append(path)
         if len(written) == 2: os.kill(os.getpid(), signal.SIGTERM)
     monkeypatch.setattr(dy, '_write_image', write_then_sigterm)
-    assert dy.detect_cli(str(images), str(out), device='cpu', quiet=True, overwrite=True) == EXIT_INTERRUPTED
+    assert dy.detect_cli(str(images), str(out), device='cpu', quiet=True, overwrite=True) == 128 + signal.SIGTERM
     assert len(written) == 2
     assert _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out']   # no half-built folder left beside it

@@ -22,7 +22,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import labkit.onnx_deploy as od
-from labkit.core import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SKIPPED, discover_files, sha256_file
+from labkit.core import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, discover_files, sha256_file
 from hostile_inputs import evil_pt, huge_png_header
 
 from labkit.onnx_deploy import (EDGE_STACK, HEAVY_MODULES, box_agreement, course_detector_weights, digits_images,
@@ -212,7 +212,7 @@ def test_onnx_detect_stopped_rerun_leaves_previous_outputs(tiny_model, tmp_path,
         if len(seen) == 2: os.kill(os.getpid(), signal.SIGTERM)
         return real(image)
     monkeypatch.setattr(od, 'load_rgb', load_then_sigterm)
-    assert od.onnx_detect_cli(str(src), str(out), str(tiny_model), device='cpu', annotate=True, overwrite=True) == EXIT_INTERRUPTED
+    assert od.onnx_detect_cli(str(src), str(out), str(tiny_model), device='cpu', annotate=True, overwrite=True) == 128 + signal.SIGTERM
     assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ['in', 'out']
 
 def test_onnx_export_refuses_unchecked_weights(tmp_path):
