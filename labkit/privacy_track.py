@@ -105,7 +105,7 @@ def decrypt(ctx, sealed:Sealed, who:str='ciphertext') -> np.ndarray:
 # %% ../nbs/08_privacy_track.ipynb
 def he_mul(ctx, a, b):
     "a·b on CKKS vectors (or a vector and a number); a clear error once the modulus chain has no level left"
-    if hasattr(b, 'copy'): b = b.copy()   # TenSEAL may lower the level of an operand in place
+    b = float(b) if isinstance(b, (int, float, np.number)) else b.copy()   # TenSEAL may lower an operand's level in place
     if levels_left(ctx, a) == 0 or (hasattr(b, 'ciphertext') and levels_left(ctx, b) == 0):
         raise DepthExhausted("no level left in the modulus chain: each multiplication consumes one middle prime; "
                              "use a longer coeff_mod_bit_sizes (one more prime per multiplication) or multiply less")
@@ -188,7 +188,7 @@ def encrypted_inference(model:dict, X, ctx=None) -> dict:
     pred = decrypt(ctx, answer); t3 = time.perf_counter()
     plain = predict_salary(model, X)
     return dict(pred=pred, plain=plain, max_error=float(np.abs(pred - plain).max()), rows=len(plain),
-                bytes_up=sum(c.nbytes for c in columns), bytes_down=answer.nbytes, plain_bytes=2 * 8 * np.size(X),
+                bytes_up=sum(c.nbytes for c in columns), bytes_down=answer.nbytes, plain_bytes=8 * (np.size(X) + len(plain)),
                 context_bytes=len(server_ctx.serialize()), encrypt_s=t1 - t0, server_s=t2 - t1, decrypt_s=t3 - t2)
 
 # %% ../nbs/08_privacy_track.ipynb
@@ -260,7 +260,8 @@ def dp_aggregate(updates:list, cids:list, n_params:int,
     clipped = [clip_update(check_update(u, n_params, k), clip_norm) for u, k in zip(updates, cids)]
     vecs = [c for c, _ in clipped] or [np.zeros(n_params)]
     total = summer(vecs) if summer is not None and len(vecs) >= 3 else np.sum(vecs, axis=0)
-    noisy = total + rng.normal(0, noise_multiplier * clip_norm, n_params)
+    if noise_multiplier > 0 and not math.isfinite(clip_norm): raise ValueError("noise needs a finite clipping norm C (its std is z·C)")
+    noisy = total + rng.normal(0, noise_multiplier * clip_norm, n_params) if noise_multiplier > 0 else total
     return noisy / expected_clients, sum(was for _, was in clipped)
 
 # %% ../nbs/08_privacy_track.ipynb
@@ -284,7 +285,8 @@ def dp_fedavg(fed, rounds:int=30, q:float=0.2,   # q: each client takes part in 
     for rnd in progress(range(1, rounds + 1), desc=name, leave=False):
         chosen = np.flatnonzero(rng.random(N) < q)
         ups = [local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k)) - w for k in chosen]
-        mean, n_clipped = dp_aggregate(ups, chosen.tolist(), w.size, clip_norm, noise_multiplier, q * N, rng, summer)
+        denominator = q * N if noise_multiplier > 0 else max(len(chosen), 1)   # no noise: the plain mean (FedAvg)
+        mean, n_clipped = dp_aggregate(ups, chosen.tolist(), w.size, clip_norm, noise_multiplier, denominator, rng, summer)
         w = (w + server_lr * mean).astype(np.float32)
         h.meta['clipped'] += n_clipped; h.meta['updates'] += len(chosen)
         h.log(rnd, *evaluate(net, w, fed.X_test, fed.y_test), len(chosen) * 2 * w.nbytes)

@@ -165,3 +165,10 @@ def test_benchmark_runs_in_a_tiny_configuration(tmp_path):
     assert {r['method'] for r in res['aggregation']} == {'pairwise masking', 'CKKS'}
     assert [r['target_epsilon'] for r in res['dp_fl']] == [None, 8, 4, 1]
     assert 'DP-FL accuracy' in r.stdout
+
+def test_lab_image_requirements_include_tenseal():
+    "The lab image installs what docker/lab/requirements.py derives from settings.ini: tenseal must be in it"
+    r = subprocess.run([sys.executable, str(ROOT / 'docker' / 'lab' / 'requirements.py'), 'all'], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert 'tenseal==0.3.18' in r.stdout.splitlines()
