@@ -22,7 +22,7 @@ import tenseal as ts
 from .serving import make_hiring, split_hiring, clean_hiring, train_salary_model, predict_salary
 from .privacy import dp_sgd_epsilon, per_sample_losses, attack_advantage, advantage_bound
 from .federated import (digits_federation, local_train, get_weights, set_weights, evaluate, History,
-                              weighted_average, secure_sum, fedavg, _client_seed)
+                              secure_sum, _client_seed)
 
 # %% ../nbs/08_privacy_track.ipynb
 POLY_DEGREE = 8192            # N: a ciphertext packs N/2 real values ("slots")
@@ -324,8 +324,10 @@ def comparison_table(runs:dict,     # technique -> History of its training (meta
     rows = []
     for name, h in runs.items():
         row = {'technique': name, **dict(zip(THREATS, ('yes' if p else 'no' for p in PROTECTS[name])))}
-        row.update(accuracy=round(h.final_accuracy, 3), epsilon=round(h.meta.get('epsilon', math.inf), 2),
+        eps = h.meta.get('epsilon', math.inf)
+        row.update(accuracy=round(h.final_accuracy, 3), epsilon=round(eps, 2),
                    attack_advantage=round(membership_advantage(fed, h.meta['weights']), 3),
+                   advantage_bound=1.0 if math.isinf(eps) else round(advantage_bound(eps, h.meta['delta']), 3),
                    aggregation_ms=round(1000 * costs[name]['seconds'], 1), kB_per_client=round(costs[name]['client_bytes'] / 1e3, 1),
                    does_not_protect=DOES_NOT_PROTECT[name])
         rows.append(row)
