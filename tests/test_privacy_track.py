@@ -146,10 +146,13 @@ def test_self_checks_accept_the_solution_and_name_the_mistake():
     assert check_ciphertext_bytes(right)
     wrong = check_ciphertext_bytes(lambda n, N, chain: math.ceil(n / N) * 2 * N * (len(chain) - 1) * 8)
     assert not wrong and 'N/2 values' in wrong.message
-    assert check_technique_choice(dict(SCENARIOS))
-    bad = check_technique_choice({**SCENARIOS, 'salary_api': 'DP-FedAvg'})
-    assert not bad and 'salary_api' in bad.message
-    assert 'choose one of' in check_technique_choice({**SCENARIOS, 'salary_api': 'HE'}).message
+    assert check_technique_choice(lambda: dict(SCENARIOS))
+    bad = check_technique_choice(lambda: {**SCENARIOS, 'salary_api': 'DP-FedAvg'})
+    assert not bad and 'salary_api' in bad.message and 'computation on ciphertexts' in bad.message
+    assert 'choose one of' in check_technique_choice(lambda: {**SCENARIOS, 'salary_api': 'HE'}).message
+    def unwritten(): raise NotImplementedError
+    assert 'not written yet' in check_technique_choice(unwritten).message
+    assert 'not written yet' in check_ciphertext_bytes(lambda *a: unwritten()).message
 
 # --- the benchmark, tiny ----------------------------------------------------------------------------------
 
