@@ -14,7 +14,7 @@ from .core import *
 # %% ../nbs/90_doctor.ipynb
 PACKAGES = ['labkit', 'numpy', 'pandas', 'scikit-learn', 'matplotlib', 'tensorflow', 'tf-keras',
             'tensorflow-model-optimization', 'ai-edge-litert', 'torch', 'torchvision', 'ultralytics-opencv-headless',
-            'onnx', 'onnxruntime-gpu', 'onnxruntime', 'onnxslim', 'tf2onnx', 'opacus', 'flwr', 'flask', 'gunicorn',
+            'onnx', 'onnxruntime-gpu', 'onnxruntime', 'onnxslim', 'tf2onnx', 'opacus', 'tenseal', 'flwr', 'flask', 'gunicorn',
             'prometheus-client', 'jupyterlab', 'nbdev', 'nbval']
 
 def package_versions(names=PACKAGES) -> dict:
