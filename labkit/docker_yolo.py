@@ -241,8 +241,8 @@ def train_cli(dst:str=None,          # data folder to write the weights and log 
     info = train_detector(work, n_train=n_train, n_val=n_val, epochs=epochs, imgsz=imgsz, batch=batch,
                           workers=workers, device=device, seed=seed)
     (root/'yolo').mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(info['weights'], root/WEIGHTS_ASSET)
-    shutil.copyfile(info['results_csv'], root/'yolo'/'shapes_train_results.csv')
+    for made, name in ((info['weights'], WEIGHTS_ASSET), (info['results_csv'], 'yolo/shapes_train_results.csv')):
+        with atomic_path(root/name) as tmp: shutil.copyfile(made, tmp)   # the old weights stay whole until the new are
     cmd = train_command(n_train, n_val, epochs, imgsz, batch, workers, device, seed)
     if register:
         for name in (WEIGHTS_ASSET, 'yolo/shapes_train_results.csv'): register_asset(name, made_by=cmd, root=root)

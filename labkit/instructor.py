@@ -252,7 +252,7 @@ def build_readme(root=None) -> Path:
         if c.cell_type == 'code': c.outputs = [o for o in c.outputs if o.get('output_type') != 'error']
     md, _ = MarkdownExporter().from_notebook_node(nb)
     md = re.sub(r'\n{3,}', '\n\n', md).strip() + '\n'
-    (root/'README.md').write_text(md)
+    write_atomic(root/'README.md', md)
     return root/'README.md'
 
 # %% ../nbs/91_instructor.ipynb

@@ -488,9 +488,11 @@ def privacy_cli(epsilons:str='8,4,2,1,0.5', # target budgets, comma-separated
     for k, g in report['goals'].items(): print(f"{'met ' if g['met'] else 'MISS'}  {k}: {g['value']:.4g} (goal {g['goal']})")
     if out:
         d = Path(out); d.mkdir(parents=True, exist_ok=True)
-        (d/'privacy.json').write_text(json.dumps(report, indent=1, allow_nan=False))
+        write_atomic(d/'privacy.json', json.dumps(report, indent=1, allow_nan=False))   # whole or not at all
         for name, fn in [('accuracy_vs_epsilon.png', plot_accuracy_vs_epsilon), ('advantage_vs_epsilon.png', plot_advantage_vs_epsilon)]:
-            ax = fn(table); ax.figure.set_size_inches(7, 4.5); ax.figure.tight_layout(); ax.figure.savefig(d/name, dpi=150); plt.close(ax.figure)
+            ax = fn(table); ax.figure.set_size_inches(7, 4.5); ax.figure.tight_layout()
+            with atomic_path(d/name) as tmp: ax.figure.savefig(tmp, dpi=150, format='png')
+            plt.close(ax.figure)
     return 0
 
 # %% ../nbs/05_privacy.ipynb
