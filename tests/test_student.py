@@ -16,9 +16,10 @@ def _exercises(nb) -> list:
     "(setup code, exercise cell, check cell) for each exercise: setup is the notebook's import cells and its module"
     code = [c for c in nb.cells if c.cell_type == 'code']
     module = next((m.group(1) for c in code if (m := re.search(r'^#\|\s*default_exp\s+(\S+)', c.source, re.M))), None)
-    def is_import(src):
-        lines = [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
-        return lines and all(re.match(r'(import|from)\s', l) for l in lines)
+    def is_import(src):   # every statement an import (continued lines and parentheses included)
+        try: body = ast.parse(src).body
+        except SyntaxError: return False
+        return body and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
     setup = '\n'.join([c.source for c in code if is_import(c.source)] + ([f'from labkit.{module} import *'] if module else []))
     return [(setup, c.source, code[i + 1].source) for i, c in enumerate(code) if solution_spans(c.source)[0]]
 
