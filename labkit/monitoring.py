@@ -967,16 +967,14 @@ def monitor_cli(log_dir:str,            # folder of the request log the app writ
                 labels:str=None):       # optional CSV with columns id,label
     "`labkit monitor`: serve drift metrics of a request log on /metrics until interrupted (Ctrl-C, SIGTERM)"
     _read_reference(reference)
-    service = None
-    with signals_interrupt():               # SIGTERM and SIGHUP stop it as Ctrl-C does: port freed, thread stopped
+    try: service = serve_monitor(log_dir, reference, port, window, interval, labels)   # a signal now ends the process at once
+    except OSError as e: raise SystemExit(f"labkit monitor: cannot start (log {log_dir}, port 127.0.0.1:{port}): {e}") from None
+    with signals_interrupt():               # once it serves, SIGTERM and SIGHUP stop it as Ctrl-C does: port freed, thread stopped
         try:
-            service = serve_monitor(log_dir, reference, port, window, interval, labels)
             print(f"monitor: /metrics on http://127.0.0.1:{service.port}/metrics, window {window}, every {interval:g}s", flush=True)
             while True: time.sleep(3600)
         except KeyboardInterrupt: pass
-        except OSError as e: raise SystemExit(f"labkit monitor: cannot start (log {log_dir}, port 127.0.0.1:{port}): {e}") from None
-        finally:
-            if service is not None: service.stop()
+        finally: service.stop()
     return 0
 
 # %% ../nbs/07_monitoring.ipynb
