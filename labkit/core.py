@@ -11,6 +11,7 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'unlisted_files', 'UntrustedFile', 'is_listed', 'listed_file', 'trusted_file', 'discover_files',
            'ImageRejected', 'open_image', 'gpu_available', 'torch_device', 'requires_gpu', 'seed_everything',
            'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt', 'interrupted_exit_code',
+           'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port', 'LocalService',
            'CheckResult', 'check_values', 'check_function', 'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
@@ -512,6 +513,97 @@ def signals_interrupt(signals=(signal.SIGTERM, signal.SIGHUP)):
 def interrupted_exit_code(e:KeyboardInterrupt) -> int:
     "Exit status of a command stopped by the signal that `signals_interrupt` turned into `e`: 128 + its number"
     return 128 + int(signal.Signals.__members__.get(str(e), signal.SIGINT))
+
+# %% ../nbs/00_core.ipynb
+import socket
+
+# %% ../nbs/00_core.ipynb
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 right now"
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def port_open(port:int,               # TCP port to try
+              host:str='127.0.0.1'    # address to try it on
+             ) -> bool:
+    "True when something accepts TCP connections on `host:port`"
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+# %% ../nbs/00_core.ipynb
+class ServiceUnavailable(RuntimeError):
+    "A service a lab needs is not installed or did not start; the message says what to do"
+
+def find_program(name:str,      # program name looked up on PATH, e.g. 'redis-server'
+                 *candidates,   # full paths tried when it is not on PATH
+                 package:str=None  # the Debian package that provides it (default `name`)
+                ) -> str:
+    "Path of an installed program, or ServiceUnavailable naming the package to install"
+    found = shutil.which(name) or next((str(c) for c in candidates if Path(c).is_file()), None)
+    if found: return found
+    raise ServiceUnavailable(f"{name} is not installed: `sudo apt-get install {package or name}` "
+                             f"(Debian/Ubuntu), or use the lab image, which has it")
+
+# %% ../nbs/00_core.ipynb
+def _log_tail(path:Path, lines:int=8) -> str:
+    "The last `lines` lines of a log file ('' when there is none)"
+    try: return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:])
+    except OSError: return ''
+
+def wait_for_port(port:int,              # port the service listens on (127.0.0.1)
+                  timeout:float=30.0,    # seconds to wait at most
+                  proc=None,             # its process: stop waiting when it exits
+                  what:str='the service', # named in the error
+                  log:Path=None          # its log, whose tail the error shows
+                 ):
+    "Return once 127.0.0.1:`port` accepts connections; ServiceUnavailable when not within `timeout`"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if port_open(port): return
+        if proc is not None and proc.poll() is not None:
+            raise ServiceUnavailable(f"{what} exited with status {proc.returncode} before listening on port {port}"
+                                     + (f":\n{_log_tail(log)}" if log else ''))
+        time.sleep(0.1)
+    raise ServiceUnavailable(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s"
+                             + (f":\n{_log_tail(log)}" if log else ''))
+
+# %% ../nbs/00_core.ipynb
+class LocalService:
+    "A daemon on 127.0.0.1 with its own data folder for the length of a `with` block"
+    def __init__(self, name:str,           # what it is, in messages: 'redis', 'postgresql'
+                 cmd:list,                 # its command; '{port}' and '{data}' are filled in
+                 data:Path,                # its data folder (created)
+                 port:int=None,            # port (default: a free one)
+                 env:dict=None,            # extra environment variables
+                 startup_timeout:float=30, # seconds it may take to listen
+                 grace:float=10):          # seconds between SIGTERM and SIGKILL when stopping
+        self.name, self.data, self.port = name, Path(data), port or free_port()
+        self.cmd = [str(a).format(port=self.port, data=self.data) for a in cmd]
+        self.env, self.startup_timeout, self.grace, self.proc = env or {}, startup_timeout, grace, None
+
+    @property
+    def log(self) -> Path: return self.data/'service.log'
+    @property
+    def url(self) -> str: return f'http://127.0.0.1:{self.port}'
+
+    def start(self):
+        "Start the daemon and wait until it listens"
+        self.data.mkdir(parents=True, exist_ok=True)
+        with open(self.log, 'ab') as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env}, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
+        try: wait_for_port(self.port, self.startup_timeout, self.proc, what=self.name, log=self.log)
+        except BaseException: self.stop(); raise
+        return self
+
+    def stop(self):
+        "Stop the daemon and every process it started"
+        if self.proc is not None: stop_child(self.proc, self.grace); self.proc = None
+
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.stop()
+    def __repr__(self): return f"LocalService({self.name!r}, port={self.port}, data={str(self.data)!r})"
 
 # %% ../nbs/00_core.ipynb
 SOLUTION_BEGIN, SOLUTION_END = '### BEGIN SOLUTION', '### END SOLUTION'

@@ -680,10 +680,6 @@ def fl_client_cli(cid:int,                       # which client of the partition
     return 0
 
 # %% ../nbs/06_federated.ipynb
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
 def _python(call:str) -> list:
     "A command that runs `call` from labkit.federated in a fresh interpreter"
     return [sys.executable, '-c', f'import sys; from labkit.federated import *; sys.exit({call})']
@@ -701,7 +697,7 @@ def _wait_until_listening(port:int, server:subprocess.Popen, deadline:float) -> 
 def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:int=2, seed:int=0,
                timeout:float=300) -> History:
     "Start a Flower server and `clients` clients as separate processes on 127.0.0.1; wait, clean up, return the History"
-    port, work = _free_port(), Path(tempfile.mkdtemp(prefix='labkit-flower-'))
+    port, work = free_port(), Path(tempfile.mkdtemp(prefix='labkit-flower-'))
     address, out = f'127.0.0.1:{port}', work/'history.json'
     import labkit   # the children import the same labkit as this process
     env = {**os.environ, 'FLWR_TELEMETRY_ENABLED': '0',

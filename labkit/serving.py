@@ -9,7 +9,7 @@ __all__ = ['FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MODEL_FORM
            'ModelRejected', 'save_model', 'load_model', 'ModelRegistry', 'default_registry_dir', 'build_serving_assets',
            'validate_record', 'validate_records', 'parse_form', 'PolicyError', 'Policy', 'make_policy', 'user_bucket',
            'Route', 'Router', 'openapi_spec', 'metric_labels', 'ServingState', 'read_chunked', 'read_admin_token',
-           'create_app', 'send_traffic', 'write_gunicorn_conf', 'free_port', 'http_call', 'wait_until_up', 'child_pids',
+           'create_app', 'send_traffic', 'write_gunicorn_conf', 'http_call', 'wait_until_up', 'child_pids',
            'GunicornServer', 'SlowClients', 'serve_cli', 'load_test', 'check_sticky_bucket']
 
 # %% ../nbs/02_serving.ipynb
@@ -749,10 +749,6 @@ def write_gunicorn_conf(path) -> Path:
     return path
 
 # %% ../nbs/02_serving.ipynb
-def free_port() -> int:
-    "A TCP port free on 127.0.0.1 right now"
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
 def http_call(url:str, method:str='GET', body=None, headers:dict=None, timeout:float=5.0) -> tuple:
     "One HTTP request on a fresh connection: (status, parsed JSON or text, seconds)"
     u = urllib.parse.urlsplit(url)

@@ -1,7 +1,6 @@
 "Shared fixtures: the repository, a Docker engine when one answers, free loopback ports"
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +45,4 @@ def docker_engine():
     if r.returncode != 0: pytest.skip(f"no Docker engine answers: {(r.stderr.strip().splitlines() or ['docker info failed'])[-1]}")
     return json.loads(r.stdout)
 
-def free_port() -> int:
-    "A TCP port free on 127.0.0.1 right now"
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from labkit.core import free_port   # one definition, shared with the labs
