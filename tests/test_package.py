@@ -1,7 +1,7 @@
 "The package stays light, and the `labkit` command answers"
 import subprocess
 import sys
-from conftest import labkit_cmd
+from conftest import REPO, labkit_cmd
 
 def _import_seconds() -> tuple:
     code = ("import time, sys; t = time.perf_counter(); import labkit; dt = time.perf_counter() - t; "
@@ -31,3 +31,17 @@ def test_tensorflow_then_torch_compiler_does_not_crash():
     code = "import labkit.core, tensorflow, triton; print('alive')"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and 'alive' in r.stdout, (r.returncode, r.stderr[-500:])
+
+def test_notebooks_store_no_widget_state_and_small_figures():
+    "Stored outputs stay small: no widget state in any notebook, no stored figure over 150 KB"
+    import base64, json
+    for path in sorted((REPO/'nbs').glob('*.ipynb')):
+        nb = json.loads(path.read_text())
+        assert 'widgets' not in nb['metadata'], f"{path.name} stores widget state (metadata.widgets): remove it"
+        for i, cell in enumerate(nb['cells']):
+            for out in cell.get('outputs', []):
+                for kind in ('image/png', 'image/jpeg'):
+                    data = out.get('data', {}).get(kind)
+                    if data is None: continue
+                    size = len(base64.b64decode(''.join(data) if isinstance(data, list) else data))
+                    assert size <= 150_000, f"{path.name} cell {i} stores a {size/1e3:.0f} KB {kind} figure"
