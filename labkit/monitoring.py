@@ -6,12 +6,12 @@
 __all__ = ['FEATURES', 'CATEGORICAL', 'CHANNELS', 'PSI_MODERATE', 'PSI_MAJOR', 'ALERT_RULES', 'BAD_RECORD_REASONS', 'PHASES',
            'APP_PANELS', 'make_applicants', 'true_outcome', 'fit_model', 'psi_from_counts', 'psi_reading',
            'quantile_edges', 'binned_counts', 'psi', 'ks_test', 'chi2_test', 'feature_drift', 'drift_report',
-           'plot_drift', 'RequestLog', 'records_frame', 'AlertRule', 'DriftMonitor', 'make_traffic', 'replay',
-           'model_predictor', 'first_alerts', 'plot_timeline', 'rolling_accuracy', 'RetrainTrigger',
-           'simulate_retraining', 'min_sample_size', 'two_proportion_ztest', 'welch_ttest', 'ab_decision',
-           'false_positive_rates', 'ab_from_log', 'ab_checkpoints', 'plot_ab', 'prometheus_rules', 'grafana_dashboard',
-           'promql_metric_names', 'dashboard_metric_names', 'write_monitoring_config', 'MonitorService',
-           'serve_monitor', 'monitor_cli', 'check_psi']
+           'plot_drift', 'records_frame', 'AlertRule', 'DriftMonitor', 'make_traffic', 'replay', 'model_predictor',
+           'first_alerts', 'plot_timeline', 'rolling_accuracy', 'RetrainTrigger', 'simulate_retraining',
+           'min_sample_size', 'two_proportion_ztest', 'welch_ttest', 'ab_decision', 'false_positive_rates',
+           'ab_from_log', 'ab_checkpoints', 'plot_ab', 'prometheus_rules', 'grafana_dashboard', 'promql_metric_names',
+           'dashboard_metric_names', 'write_monitoring_config', 'MonitorService', 'serve_monitor', 'monitor_cli',
+           'check_psi']
 
 # %% ../nbs/07_monitoring.ipynb
 import fcntl, json, logging, math, os, re, time
@@ -220,121 +220,6 @@ def plot_drift(reference:pd.DataFrame, current:pd.DataFrame, # the two windows
     axes.flat[0].legend()
     fig.tight_layout()
     return fig
-
-# %% ../nbs/07_monitoring.ipynb
-def _json_default(o):
-    "JSON for NumPy scalars and arrays, timestamps and paths"
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, (pd.Timestamp,)): return o.isoformat()
-    if isinstance(o, Path): return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-class RequestLog:
-    "Bounded, append-only log of JSON records in segment files; safe across processes and crashes"
-    _name = re.compile(r'^segment-(\d{8})\.jsonl$')
-    def __init__(self, path,                   # folder of the segment files (created if absent)
-                 segment_bytes:int=1<<20,      # a segment is closed once it reaches this size
-                 keep_segments:int=8,          # newest segments kept; older ones are deleted
-                 fsync:bool=True):             # fsync each record before `append` returns
-        self.path, self.segment_bytes, self.keep_segments, self.fsync = Path(path), segment_bytes, keep_segments, fsync
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.skipped = 0   # torn or unreadable lines met by the last read
-
-    def __repr__(self): return f"RequestLog({str(self.path)!r}, {len(self.segments())} segments)"
-
-    def segments(self) -> list:
-        "Segment files, oldest first"
-        return sorted(p for p in self.path.iterdir() if self._name.match(p.name))
-
-    def _segment(self, n:int) -> Path: return self.path/f'segment-{n:08d}.jsonl'
-
-# %% ../nbs/07_monitoring.ipynb
-@contextmanager
-def _exclusive(lock_path:Path):
-    "Hold an exclusive flock on `lock_path`, through a descriptor opened for this call only"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally: os.close(fd)   # closing the descriptor releases the lock
-
-def _write_all(fd:int, data:bytes):
-    while data: data = data[os.write(fd, data):]
-
-def _fsync_dir(path:Path):
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-@patch
-def append(self:RequestLog, record:Mapping):
-    "Append one record (a JSON-serialisable dict or other mapping); returns once it is on disk"
-    if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
-    line = (json.dumps(dict(record), separators=(',', ':'), default=_json_default) + '\n').encode()
-    with _exclusive(self.path/'.lock'):
-        segs = self.segments()
-        seg = segs[-1] if segs else self._segment(1)
-        size = seg.stat().st_size if seg.exists() else 0
-        new_file = not seg.exists()
-        if size and size + len(line) > self.segment_bytes:    # rotate: close this segment, start the next
-            seg, size, new_file = self._segment(int(self._name.match(seg.name)[1]) + 1), 0, True
-        fd = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if size and os.pread(fd, 1, size - 1) != b'\n': line = b'\n' + line   # end a line torn by a crash
-            _write_all(fd, line)
-            if self.fsync: os.fsync(fd)
-        finally: os.close(fd)
-        if new_file:
-            if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
-            for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
-
-# %% ../nbs/07_monitoring.ipynb
-def _decode_line(raw:bytes) -> tuple:
-    "One log line as (record, None), or (None, why) with why 'unreadable' (not JSON) or 'not_object'"
-    try: value = json.loads(raw)
-    except (ValueError, RecursionError): return None, 'unreadable'   # bad UTF-8 is a ValueError too
-    return (value, None) if isinstance(value, dict) else (None, 'not_object')
-
-def _scan_segment(path:Path) -> tuple:
-    "Complete lines of one segment as (byte offset, record, why), and 1 when an unterminated line ends it"
-    try: data = path.read_bytes()
-    except FileNotFoundError: return [], 0    # deleted by retention while we listed
-    lines, out, offset = data.split(b'\n'), [], 0
-    for raw in lines[:-1]:
-        if raw.strip(): out.append((offset, *_decode_line(raw)))
-        offset += len(raw) + 1
-    return out, int(bool(lines[-1]))          # no final newline: a write in progress or torn by a crash
-
-def _checked(line:tuple, problem) -> tuple:
-    "A scanned (offset, record, why) line after `problem(record)`: a record it finds bad becomes (offset, None, why)"
-    offset, record, why = line
-    if why is None: why = problem(record)
-    return (offset, record if why is None else None, why)
-
-# %% ../nbs/07_monitoring.ipynb
-@patch
-def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
-         problem=None):                       # optional check of a record: returns why it is bad, or None
-    "Lines of the newest segments, oldest first, as (segment name, offset, record or None, why it is bad or None)"
-    out, self.skipped, good = [], 0, 0
-    for seg in reversed(self.segments()):
-        lines, unterminated = _scan_segment(seg)
-        if problem is not None: lines = [_checked(line, problem) for line in lines]
-        out = [(seg.name, *line) for line in lines] + out
-        self.skipped += unterminated + sum(why is not None for *_, why in lines)
-        good += sum(why is None for *_, why in lines)
-        if last is not None and good >= last: break
-    return out
-
-@patch
-def records(self:RequestLog, last:int=None) -> list:
-    "Records oldest first (lines that are not JSON objects are skipped); only the newest `last` when given"
-    out = [r for *_, r, why in self.scan(last) if why is None]
-    return out[-last:] if last else out
-
-@patch
-def __len__(self:RequestLog): return len(self.records())
 
 # %% ../nbs/07_monitoring.ipynb
 _PREDICTION_KEYS = ('label', 'class', 'prediction', 'value')   # where a dict prediction holds its class, in order

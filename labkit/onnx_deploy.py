@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 import onnxruntime as ort
 from .core import *
-from .doctor import identity_onnx_model
 
 # %% ../nbs/04_onnx.ipynb
 _MAX_IR = {}

@@ -554,7 +554,6 @@ def create_app(registry_dir=None,        # model registry folder; default `LABKI
                seed:int=0) -> Flask:     # seed of the canary draws (reproducible traffic splits)
     "The salary service: form, /predict, health, readiness, metrics, version, OpenAPI and a policy router"
     if request_log is None and (log_dir := os.environ.get('LABKIT_REQUEST_LOG')):
-        from labkit.monitoring import RequestLog
         request_log = RequestLog(log_dir)
     registry = ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
+from labkit.core import RequestLog
 from labkit.monitoring import *
 from labkit.serving import create_app
 from conftest import free_port, labkit_cmd
