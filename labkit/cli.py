@@ -26,6 +26,10 @@ COMMANDS = {
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
+    'batch-score': 'labkit.deployment_types:batch_score_cli',
+    'redis': 'labkit.deployment_types:redis_cli',
+    'stream-publish': 'labkit.deployment_types:stream_publish_cli',
+    'stream-consume': 'labkit.deployment_types:stream_consume_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -42,6 +46,10 @@ EXAMPLES = {
     'fl-server': 'labkit fl-server --rounds 3 --clients 2 --partition dirichlet --out runs/fl.json',
     'fl-client': 'labkit fl-client 0 --clients 2 --partition dirichlet',
     'monitor': 'labkit monitor logs reference.csv --port 9108 --labels labels.csv',
+    'batch-score': 'labkit batch-score inbox scores --version v2',
+    'redis': 'labkit redis --data runs/redis --port 6379',
+    'stream-publish': 'labkit stream-publish --port 6379 --n 400',
+    'stream-consume': 'labkit stream-consume --port 6379 --consumer c1 --idle-exit 5',
 }
 
 # %% ../nbs/92_cli.ipynb
