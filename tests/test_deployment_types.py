@@ -208,12 +208,13 @@ def test_redis_command_says_when_its_port_is_taken(broker, tmp_path):
     out = subprocess.run(labkit_cmd('redis', '--port', broker.port, '--data', tmp_path/'r2'), capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and 'already in use' in out.stderr and 'Traceback' not in out.stderr, out.stderr
 
-def test_stream_publish_and_consume_commands(broker):
-    out = subprocess.run(labkit_cmd('stream-publish', '--port', broker.port, '--n', 50), capture_output=True, text=True, timeout=60)
+def test_stream_publish_and_consume_commands(broker, capsys):
+    assert stream_publish_cli(port=broker.port, n=50) == 0
     n = redis_client(broker.port).xlen(STREAM)
-    assert out.returncode == 0 and f'{n} messages' in out.stdout and n > 40, out.stderr
-    out = subprocess.run(labkit_cmd('stream-consume', '--port', broker.port, '--idle-exit', 0.5), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and f"'scored': {n}" in out.stdout, (out.stdout, out.stderr)
+    assert f'{n} messages' in capsys.readouterr().out and n > 40
+    assert stream_consume_cli(port=broker.port, idle_exit=0.5) == 0
+    assert f"'scored': {n}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="model version 'v9'"): stream_consume_cli(port=broker.port, version='v9')
 
 # ---- reimplementation ----
 
