@@ -30,6 +30,8 @@ COMMANDS = {
     'redis': 'labkit.deployment_types:redis_cli',
     'stream-publish': 'labkit.deployment_types:stream_publish_cli',
     'stream-consume': 'labkit.deployment_types:stream_consume_cli',
+    'web-assets': 'labkit.deployment_types:web_assets_cli',
+    'browser-page': 'labkit.deployment_types:browser_page_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -50,6 +52,8 @@ EXAMPLES = {
     'redis': 'labkit redis --data runs/redis --port 6379',
     'stream-publish': 'labkit stream-publish --port 6379 --n 400',
     'stream-consume': 'labkit stream-consume --port 6379 --consumer c1 --idle-exit 5',
+    'web-assets': 'labkit web-assets',
+    'browser-page': 'labkit browser-page --port 8090 --images 8',
 }
 
 # %% ../nbs/92_cli.ipynb

@@ -4,17 +4,18 @@
 
 # %% auto 0
 __all__ = ['BATCH_COLUMNS', 'DONE_DIR', 'BATCH_REPORT', 'STREAM', 'GROUP', 'RESULTS', 'DEAD_LETTER', 'STATS', 'EDGE_BUDGET',
-           'DEPLOYMENT_TYPES', 'labkit_command', 'salary_model', 'ChunkRejected', 'write_chunks', 'hiring_requests',
-           'read_chunk', 'chunk_done', 'score_chunk', 'run_batch', 'precalculate', 'lookup_score', 'redis_service',
-           'redis_client', 'publish', 'ensure_group', 'handle_messages', 'consume', 'batch_score_cli', 'redis_cli',
-           'stream_publish_cli', 'stream_consume_cli', 'salary_sql', 'sql_predict', 'salary_js', 'js_predict',
-           'edge_model', 'within_budget', 'process_cpu_seconds', 'cpu_clock', 'deployment_row', 'measure_batch',
-           'measure_precalculated', 'measure_online', 'measure_edge', 'measure_streaming', 'check_deployment_choice',
-           'JobKilled', 'check_resumable_job']
+           'ORT_WEB', 'WEB_ASSETS', 'PAGE', 'ISOLATION_HEADERS', 'DEPLOYMENT_TYPES', 'labkit_command', 'salary_model',
+           'ChunkRejected', 'write_chunks', 'hiring_requests', 'read_chunk', 'chunk_done', 'score_chunk', 'run_batch',
+           'precalculate', 'lookup_score', 'redis_service', 'redis_client', 'publish', 'ensure_group',
+           'handle_messages', 'consume', 'batch_score_cli', 'redis_cli', 'stream_publish_cli', 'stream_consume_cli',
+           'salary_sql', 'sql_predict', 'salary_js', 'js_predict', 'edge_model', 'within_budget', 'process_cpu_seconds',
+           'cpu_clock', 'deployment_row', 'measure_batch', 'measure_precalculated', 'measure_online', 'measure_edge',
+           'measure_streaming', 'web_assets_dir', 'web_assets_ready', 'fetch_web_assets', 'page_files', 'BrowserPage',
+           'web_assets_cli', 'browser_page_cli', 'check_deployment_choice', 'JobKilled', 'check_resumable_job']
 
 # %% ../nbs/11_deployment_types.ipynb
 from .core import *
-import csv, hashlib, io, json, os, sqlite3, subprocess, sys, time
+import csv, hashlib, io, json, os, sqlite3, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np
 from .serving import (FEATURES, make_hiring, clean_hiring, predict_salary, validate_record, ModelRegistry,
@@ -429,6 +430,167 @@ def measure_streaming(broker, requests, model:dict, prefix:str='m') -> dict:
     wall, cpu = time.perf_counter() - t0, cpu_clock(broker.proc.pid) - c0
     lat = [json.loads(v)['latency_ms'] / 1000 for v in r.hmget(RESULTS, list(reqs['id']))]
     return deployment_row(lat, wall, cpu)
+
+# %% ../nbs/11_deployment_types.ipynb
+ORT_WEB = 'onnxruntime-web@1.30.0'   # the npm package the page's runtime comes from
+WEB_ASSETS = {                       # the files of it the page needs, with their sha256
+    'ort.wasm.min.mjs': '219e6a1fc8a9938268d18efca3c91d310bd2f4a59bbd13744df5b2b7fc6cee3b',
+    'ort-wasm-simd-threaded.mjs': 'e13f7f94fc51b4ca72b12faeb1ee95f4ace6dfbc8939bc718aabdc0a27c4299b',
+    'ort-wasm-simd-threaded.wasm': '3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2'}
+
+def web_assets_dir() -> Path:
+    "Where `fetch_web_assets` keeps the page's runtime files (in the cache folder, outside the repository)"
+    return cache_dir()/ORT_WEB.replace('@', '-')
+
+def web_assets_ready(folder=None) -> bool:
+    "True when every runtime file is in `folder` (default `web_assets_dir()`) with its recorded sha256"
+    folder = Path(folder or web_assets_dir())
+    return all((folder/n).is_file() and sha256_file(folder/n) == h for n, h in WEB_ASSETS.items())
+
+def fetch_web_assets(folder=None) -> Path:
+    "Take the page's runtime files out of the npm package (`npm pack`), check their sha256, keep them in `folder`"
+    import tarfile
+    folder = Path(folder or web_assets_dir())
+    if web_assets_ready(folder): return folder
+    npm = find_program('npm', '/usr/bin/npm', package='npm')
+    with tempfile.TemporaryDirectory(prefix='labkit-npm-') as tmp:
+        out = subprocess.run([npm, 'pack', ORT_WEB, '--pack-destination', tmp, '--silent'], capture_output=True, text=True, timeout=600)
+        if out.returncode: raise ServiceUnavailable(f"npm pack {ORT_WEB} failed: {out.stderr.strip()[-300:]}")
+        with tarfile.open(next(Path(tmp).glob('*.tgz'))) as tgz:
+            files = {n: tgz.extractfile(f'package/dist/{n}').read() for n in WEB_ASSETS}
+    for name, data in files.items():
+        if (got := hashlib.sha256(data).hexdigest()) != WEB_ASSETS[name]:
+            raise AssetCorrupt(f"{ORT_WEB} {name}: sha256 {got}, expected {WEB_ASSETS[name]}: not the package recorded here")
+        write_atomic(folder/name, data)
+    return folder
+
+# %% ../nbs/11_deployment_types.ipynb
+PAGE = r'''<!doctype html><html><head><meta charset="utf-8"><title>labkit: the detector in this browser</title></head>
+<body><h1>The course detector in this browser (onnxruntime-web, WebAssembly)</h1>
+<p id="status">loading the model...</p><p>latency per image, median: <span id="latency">-</span> ms</p><pre id="out"></pre>
+<script type="module">
+import * as ort from '/assets/ort.wasm.min.mjs';
+ort.env.wasm.wasmPaths = '/assets/';
+ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
+const CONF = 0.25, IOU = 0.7, MAX_DET = 300;
+function iou(a, b) {
+  const w = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0])), h = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+  const area = x => (x[2] - x[0]) * (x[3] - x[1]);
+  return w * h / (area(a) + area(b) - w * h + 1e-12);
+}
+function decode(y, dims) {   // as decode_yolo: (4 + classes) x anchors, best class per anchor, NMS per class
+  const nc = dims[1] - 4, n = dims[2], found = [];
+  for (let j = 0; j < n; j++) {
+    let best = -1, cls = 0;
+    for (let c = 0; c < nc; c++) { const s = y[(4 + c) * n + j]; if (s > best) { best = s; cls = c; } }
+    if (best <= CONF) continue;
+    const cx = y[j], cy = y[n + j], w = y[2 * n + j], h = y[3 * n + j];
+    found.push({box: [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], score: best, cls});
+  }
+  found.sort((a, b) => b.score - a.score);
+  const kept = [];
+  for (const d of found) if (kept.every(k => k.cls !== d.cls || iou(k.box, d.box) <= IOU)) kept.push(d);
+  return kept.slice(0, MAX_DET);
+}
+async function input(url, size) {
+  const img = new Image(); img.src = url; await img.decode();
+  const canvas = new OffscreenCanvas(size, size), ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0); const px = ctx.getImageData(0, 0, size, size).data, plane = size * size;
+  const x = new Float32Array(3 * plane);
+  for (let i = 0; i < plane; i++) { x[i] = px[4 * i] / 255; x[plane + i] = px[4 * i + 1] / 255; x[2 * plane + i] = px[4 * i + 2] / 255; }
+  return new ort.Tensor('float32', x, [1, 3, size, size]);
+}
+async function main() {
+  const session = await ort.InferenceSession.create('/model.onnx', {executionProviders: ['wasm']});
+  const {size, images} = await (await fetch('/images.json')).json();
+  const results = {}, latency = [];
+  for (const name of images) {
+    const x = await input('/images/' + name, size);
+    const t0 = performance.now();
+    const out = await session.run({[session.inputNames[0]]: x});
+    latency.push(performance.now() - t0);
+    const y = out[session.outputNames[0]];
+    results[name] = decode(y.data, y.dims);
+  }
+  const sorted = [...latency].sort((a, b) => a - b), median = sorted[Math.floor(sorted.length / 2)];
+  window.labkitResults = {results, latency_ms: latency, median_ms: median, threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated};
+  document.getElementById('latency').textContent = median.toFixed(1);
+  document.getElementById('out').textContent = JSON.stringify(results, null, 1);
+  document.getElementById('status').textContent = `done: ${images.length} images, ${ort.env.wasm.numThreads} thread(s)`;
+}
+main().catch(e => { window.labkitError = String(e); document.getElementById('status').textContent = 'error: ' + e; });
+</script></body></html>
+'''
+
+# %% ../nbs/11_deployment_types.ipynb
+ISOLATION_HEADERS = {'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp',
+                     'Cross-Origin-Resource-Policy': 'same-origin'}
+_TYPES = {'.mjs': 'text/javascript', '.wasm': 'application/wasm', '.onnx': 'application/octet-stream',
+          '.png': 'image/png', '.jpg': 'image/jpeg', '.json': 'application/json', '.html': 'text/html; charset=utf-8'}
+
+def page_files(model, images:list, assets=None) -> dict:
+    "URL path -> (file or bytes, content type) of everything the page loads, and nothing else"
+    assets = Path(assets or web_assets_dir())
+    if not web_assets_ready(assets): raise AssetMissing(f"the page's runtime is not in {assets} (or damaged): run `labkit web-assets`")
+    size = int(open_image(images[0]).size[0])
+    files = {'/': (PAGE.encode(), _TYPES['.html']), '/model.onnx': (Path(model), _TYPES['.onnx']),
+             '/images.json': (json.dumps({'size': size, 'images': [Path(p).name for p in images]}).encode(), _TYPES['.json'])}
+    files.update({f'/assets/{n}': (assets/n, _TYPES[Path(n).suffix]) for n in WEB_ASSETS})
+    files.update({f'/images/{Path(p).name}': (Path(p), _TYPES[Path(p).suffix.lower()]) for p in images})
+    return files
+
+# %% ../nbs/11_deployment_types.ipynb
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def _page_handler(files:dict):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            found = files.get(self.path.split('?')[0])
+            if found is None: self.send_error(404, 'not part of the page'); return
+            body = found[0] if isinstance(found[0], bytes) else found[0].read_bytes()
+            self.send_response(200)
+            for k, v in {'Content-Type': found[1], 'Content-Length': str(len(body)), 'Cache-Control': 'no-store', **ISOLATION_HEADERS}.items():
+                self.send_header(k, v)
+            self.end_headers(); self.wfile.write(body)
+        def log_message(self, *args): pass
+    return Handler
+
+class BrowserPage:
+    "The detector page, its model, images and runtime served on 127.0.0.1 with isolation headers, for a `with` block"
+    def __init__(self, model, images:list, port:int=None, assets=None):
+        self.files, self.port, self.server = page_files(model, images, assets), port or free_port(), None
+    @property
+    def url(self) -> str: return f'http://127.0.0.1:{self.port}/'
+    def __enter__(self):
+        self.server = ThreadingHTTPServer(('127.0.0.1', self.port), _page_handler(self.files))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True); self.thread.start()
+        return self
+    def __exit__(self, *exc):
+        self.server.shutdown(); self.server.server_close(); self.thread.join(10)
+
+# %% ../nbs/11_deployment_types.ipynb
+def web_assets_cli(dst:str=None):  # folder to keep the files in (default: the cache folder)
+    "`labkit web-assets`: take onnxruntime-web's runtime files from the npm registry, checked by sha256"
+    try: folder = fetch_web_assets(dst)
+    except (ServiceUnavailable, AssetCorrupt) as e: raise SystemExit(f"labkit web-assets: {e}") from None
+    print(f"web-assets: {', '.join(WEB_ASSETS)} in {folder} (sha256 checked)"); return 0
+
+def browser_page_cli(port:int=8090,      # port on 127.0.0.1
+                     images:int=8):      # held-out scenes the page detects objects in
+    "`labkit browser-page`: serve the detector page (onnxruntime-web) on 127.0.0.1 until interrupted"
+    with tempfile.TemporaryDirectory(prefix='labkit-page-') as tmp, signals_interrupt():
+        from labkit.onnx_deploy import heldout_scenes
+        from PIL import Image
+        pngs = []
+        for p in heldout_scenes(tmp, images): Image.open(p).save(p.with_suffix('.png')); pngs.append(p.with_suffix('.png'))
+        try: page = BrowserPage(edge_model(), pngs, port)
+        except AssetMissing as e: raise SystemExit(f"labkit browser-page: {e}") from None
+        try:
+            with page:
+                print(f"browser-page: open {page.url} (Ctrl-C stops it)", flush=True)
+                while True: time.sleep(3600)
+        except KeyboardInterrupt: return 0
+        except OSError as e: raise SystemExit(f"labkit browser-page: cannot serve on 127.0.0.1:{port}: {e}") from None
 
 # %% ../nbs/11_deployment_types.ipynb
 DEPLOYMENT_TYPES = ('batch', 'precalculated', 'streaming', 'online')
