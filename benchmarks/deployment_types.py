@@ -6,8 +6,10 @@
    published; timed from the publish to the last result).
 3. The course detector (ONNX, 320 px) on one image: ONNX Runtime at each graph optimisation level, and OpenVINO,
    median latency and ratios to ONNX Runtime's default (ORT_ENABLE_ALL).
+4. The same detector in headless Chromium with onnxruntime-web (WebAssembly), median latency per image against
+   ONNX Runtime in Python on the same scenes (needs chromium, chromedriver, selenium and `labkit web-assets`).
 
-    python benchmarks/deployment_types.py [--requests 2000] [--stream 3000] [--threads 1] [--repeat 50] [--out deploy.json]
+    python benchmarks/deployment_types.py [--requests 2000] [--stream 3000] [--threads 1] [--repeat 50] [--out deploy.json] [--only browser]
 """
 import argparse, json, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -84,20 +86,53 @@ def runtimes(model_path:Path, image, threads:int, repeat:int) -> pd.DataFrame:
     return df.round(4)
 
 
+def browser_ratio(work:Path, n:int=10) -> dict:
+    "Median inference latency per image in the browser page (WASM) and in ONNX Runtime (Python, default threads)"
+    import shutil
+    from PIL import Image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+    from labkit.onnx_deploy import EdgeDetector
+    pngs = []
+    for p in heldout_scenes(work/'page', n): Image.open(p).save(p.with_suffix('.png')); pngs.append(p.with_suffix('.png'))
+    opts = webdriver.ChromeOptions(); opts.binary_location = shutil.which('chromium') or shutil.which('chromium-browser')
+    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', f'--user-data-dir={work/"profile"}'): opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
+    try:
+        with BrowserPage(edge_model(), pngs) as page:
+            driver.get(page.url)
+            WebDriverWait(driver, 300).until(lambda b: b.execute_script('return window.labkitResults || window.labkitError'))
+            got = driver.execute_script('return window.labkitResults || {error: window.labkitError}')
+    finally: driver.quit()
+    det = EdgeDetector(edge_model(), device='cpu'); det(pngs[0])
+    x = [to_input(load_rgb(p)) for p in pngs]
+    ts = []
+    for xi in x: t = time.perf_counter(); det.session.run(None, {det.input_name: xi}); ts.append(time.perf_counter() - t)
+    native = 1000 * float(np.median(ts))
+    return {'browser_ms': round(got['median_ms'], 2), 'browser_threads': got['threads'], 'onnxruntime_ms': round(native, 2),
+            'ratio_browser_to_native': round(got['median_ms'] / native, 2)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--requests', type=int, default=2000); ap.add_argument('--stream', type=int, default=3000)
     ap.add_argument('--threads', type=int, default=1); ap.add_argument('--repeat', type=int, default=50)
-    ap.add_argument('--out', default=None)
+    ap.add_argument('--out', default=None); ap.add_argument('--only', choices=['browser'], default=None)
     a = ap.parse_args(argv)
+    if a.only == 'browser':
+        with tempfile.TemporaryDirectory(prefix='labkit-deploy-bench-') as tmp: print(browser_ratio(Path(tmp)))
+        return 0
     with tempfile.TemporaryDirectory(prefix='labkit-deploy-bench-') as tmp:
         work = Path(tmp)
         table = five_types(work, a.requests); print(table.to_string(), '\n')
         stream = [stream_throughput(work, a.stream, k) for k in (1, 2)]
         stream[1]['speedup'] = round(stream[1]['messages_per_s'] / stream[0]['messages_per_s'], 2)
         print(pd.DataFrame(stream).to_string(index=False), '\n')
-        rt = runtimes(edge_model(), heldout_scenes(work/'rt', 1)[0], a.threads, a.repeat); print(rt.to_string())
-    result = {'types': table.to_dict('index'), 'streaming': stream, 'runtimes': rt.to_dict('index')}
+        rt = runtimes(edge_model(), heldout_scenes(work/'rt', 1)[0], a.threads, a.repeat); print(rt.to_string(), '\n')
+        try: browser = browser_ratio(work); print(browser)
+        except Exception as e: browser = {'skipped': f'{type(e).__name__}: {e}'}; print('browser part skipped:', browser['skipped'])
+    result = {'types': table.to_dict('index'), 'streaming': stream, 'runtimes': rt.to_dict('index'), 'browser': browser}
     if a.out: Path(a.out).write_text(json.dumps(result, indent=1))
     return 0
 
