@@ -465,7 +465,7 @@ def fetch_web_assets(folder=None) -> Path:
     return folder
 
 # %% ../nbs/11_deployment_types.ipynb
-PAGE = r'''<!doctype html><html><head><meta charset="utf-8"><title>labkit: the detector in this browser</title></head>
+_PAGE_HEAD = r'''<!doctype html><html><head><meta charset="utf-8"><title>labkit: the detector in this browser</title></head>
 <body><h1>The course detector in this browser (onnxruntime-web, WebAssembly)</h1>
 <p id="status">loading the model...</p><p>latency per image, median: <span id="latency">-</span> ms</p><pre id="out"></pre>
 <script type="module">
@@ -473,7 +473,10 @@ import * as ort from '/assets/ort.wasm.min.mjs';
 ort.env.wasm.wasmPaths = '/assets/';
 ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
 const CONF = 0.25, IOU = 0.7, MAX_DET = 300;
-function iou(a, b) {
+'''   # the page's markup and runtime set-up
+
+# %% ../nbs/11_deployment_types.ipynb
+_PAGE_DECODE = r'''function iou(a, b) {
   const w = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0])), h = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
   const area = x => (x[2] - x[0]) * (x[3] - x[1]);
   return w * h / (area(a) + area(b) - w * h + 1e-12);
@@ -492,7 +495,10 @@ function decode(y, dims) {   // as decode_yolo: (4 + classes) x anchors, best cl
   for (const d of found) if (kept.every(k => k.cls !== d.cls || iou(k.box, d.box) <= IOU)) kept.push(d);
   return kept.slice(0, MAX_DET);
 }
-async function input(url, size) {
+'''   # the page's `decode_yolo`
+
+# %% ../nbs/11_deployment_types.ipynb
+PAGE = _PAGE_HEAD + _PAGE_DECODE + r'''async function input(url, size) {
   const img = new Image(); img.src = url; await img.decode();
   const canvas = new OffscreenCanvas(size, size), ctx = canvas.getContext('2d');
   ctx.drawImage(img, 0, 0); const px = ctx.getImageData(0, 0, size, size).data, plane = size * size;
