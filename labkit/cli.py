@@ -26,6 +26,12 @@ COMMANDS = {
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
+    'batch-score': 'labkit.deployment_types:batch_score_cli',
+    'redis': 'labkit.deployment_types:redis_cli',
+    'stream-publish': 'labkit.deployment_types:stream_publish_cli',
+    'stream-consume': 'labkit.deployment_types:stream_consume_cli',
+    'web-assets': 'labkit.deployment_types:web_assets_cli',
+    'browser-page': 'labkit.deployment_types:browser_page_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -42,6 +48,12 @@ EXAMPLES = {
     'fl-server': 'labkit fl-server --rounds 3 --clients 2 --partition dirichlet --out runs/fl.json',
     'fl-client': 'labkit fl-client 0 --clients 2 --partition dirichlet',
     'monitor': 'labkit monitor logs reference.csv --port 9108 --labels labels.csv',
+    'batch-score': 'labkit batch-score inbox scores --version v2',
+    'redis': 'labkit redis --data runs/redis --port 6379',
+    'stream-publish': 'labkit stream-publish --port 6379 --n 400',
+    'stream-consume': 'labkit stream-consume --port 6379 --consumer c1 --idle-exit 5',
+    'web-assets': 'labkit web-assets',
+    'browser-page': 'labkit browser-page --port 8090 --images 8',
 }
 
 # %% ../nbs/92_cli.ipynb
