@@ -580,6 +580,10 @@ def wait_for_port(port:int,              # port the service listens on (127.0.0.
                              + (f":\n{_log_tail(log)}" if log else ''))
 
 # %% ../nbs/00_core.ipynb
+def _in_main_thread() -> bool:
+    "True in the main thread; the kernel's parent-death signal follows the starting *thread*, not the process"
+    return threading.current_thread() is threading.main_thread()
+
 class LocalService:
     "A daemon on 127.0.0.1 with its own data folder for the length of a `with` block"
     def __init__(self, name:str,           # what it is, in messages: 'redis', 'postgresql'
@@ -604,7 +608,7 @@ class LocalService:
         with open(self.log, 'ab') as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **self.env}, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=_die_with_parent if _in_main_thread() else None)
         try: wait_for_port(self.port, self.startup_timeout, self.proc, what=self.name, log=self.log)
         except BaseException: self.stop(); raise
         return self
