@@ -362,7 +362,7 @@ def hiring_blueprint(model:dict,          # from `hiring_model_json`
     def explain():
         k = _top_k(request.args.get('k', '3'))
         _, row = _applicant_from_request()
-        phi, base = contributions(model, row)
+        _, base = contributions(model, row)
         return _answer({'probability': round(float(hire_probability(model, row)[0]), 4), 'base_value': round(base, 4),
                         'contributions': top_contributions(model, row, k), 'version': model['version']})
 
