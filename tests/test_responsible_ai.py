@@ -374,3 +374,22 @@ def test_labkit_erase_refuses_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match='one of the two'): erase_cli(str(tmp_path))
     with pytest.raises(SystemExit, match='no such audit log folder'): erase_cli(str(tmp_path/'missing'), subject='p-1')
     assert not (tmp_path/'missing').exists()
+
+# --- fuzz: any JSON body is answered 200 or a 4xx naming a field, never a 500 --------------------------------
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**15, 10**15), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=8), st.lists(st.integers(), max_size=2))
+_bodies = st.one_of(_values, st.dictionaries(st.sampled_from(list(HIRE_FEATURES) + ['applicant_id', 'consent_automated', 'x', '']),
+                                             st.one_of(_values, st.floats(0, 10)), max_size=7))
+
+@pytest.fixture(scope='module')
+def plain_client(fitted): return create_hiring_app(fitted[2]).test_client()
+
+@settings(max_examples=80, deadline=None)
+@given(body=_bodies, route=st.sampled_from(['/explain', '/hire']))
+def test_any_json_body_is_200_or_a_4xx_naming_a_field(plain_client, body, route):
+    r = plain_client.post(route, data=json.dumps(body), content_type='application/json')
+    assert r.status_code in (200, 400, 422), (r.status_code, r.get_data(as_text=True)[:300])
+    if r.status_code != 200:
+        fields = [p['field'] for p in r.get_json()['problems']]
+        assert fields and all(f == '(body)' or f in (body if isinstance(body, dict) else {}) or f in HIRE_FEATURES for f in fields), fields
