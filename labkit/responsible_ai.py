@@ -9,9 +9,10 @@ __all__ = ['SENSITIVE', 'GROUPS', 'HIRE_FEATURES', 'HIRE_RANGES', 'PROXY', 'MITI
            'bootstrap_gaps', 'reweighing_weights', 'mitigated_decisions', 'compare_mitigations', 'plot_mitigations',
            'background_sample', 'hiring_model_json', 'hire_probability', 'contributions', 'top_contributions',
            'shap_explanation', 'permutation_table', 'validate_applicant', 'route_decision', 'PseudonymKeyMissing',
-           'pseudonym_key', 'pseudonymise', 'decide', 'hiring_blueprint', 'load_hiring_model', 'save_hiring_model',
-           'default_hiring_model', 'create_hiring_app', 'SubjectNotFound', 'erase_subject', 'erase_person', 'erase_cli',
-           'model_card', 'ai_act_table', 'check_demographic_parity', 'check_group_thresholds', 'route_latency']
+           'pseudonym_key', 'pseudonymise', 'decide', 'contest_decision', 'hiring_blueprint', 'load_hiring_model',
+           'save_hiring_model', 'default_hiring_model', 'create_hiring_app', 'SubjectNotFound', 'erase_subject',
+           'erase_person', 'erase_cli', 'model_card', 'ai_act_table', 'check_demographic_parity',
+           'check_group_thresholds', 'route_latency']
 
 # %% ../nbs/09_responsible_ai.ipynb
 import hashlib, hmac, json, math, os, re, sys, time, uuid
@@ -316,14 +317,19 @@ class _BadRequest(Exception):
 def _answer(body:dict, status:int=200) -> Response:
     return Response(json.dumps(body, separators=(',', ':')), status, mimetype='application/json')
 
-def _applicant_from_request() -> tuple:
-    "The request's applicant (record, row); a 4xx naming the field at fault"
+def _json_from_request():
+    "The request's decoded JSON body; a 4xx naming what is wrong"
     if request.mimetype != 'application/json':
         raise _BadRequest(415, [_problem('Content-Type', f"{request.mimetype or 'none'} is not supported: send application/json")], 'unsupported media type')
     body = request.get_data()   # 413 past the app's size limit
     if not body.strip(): raise _BadRequest(400, [_problem('(body)', 'empty body: send one applicant as a JSON object')], 'empty body')
     try: rec = json.loads(body)
     except (ValueError, RecursionError) as e: raise _BadRequest(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
+    return rec
+
+def _applicant_from_request() -> tuple:
+    "The request's applicant (record, row); a 4xx naming the field at fault"
+    rec = _json_from_request()
     row, problems = validate_applicant(rec)
     if problems: raise _BadRequest(422, problems, 'invalid input')
     return rec, row
@@ -340,6 +346,25 @@ def decide(model:dict, row:list, consent_automated:bool=False, band:tuple=REVIEW
             'explanation': top_contributions(model, row, 3), 'version': model['version']}
 
 # %% ../nbs/09_responsible_ai.ipynb
+_DECISION_ID = re.compile(r'[0-9a-f]{32}')
+
+def contest_decision(audit_log,   # the audit log that holds the decision
+                     body) -> dict: # decoded JSON: {"decision_id": ..., "reason": optional text}
+    "Route a contested decision to a person: a `review` record that points to it (4xx when it is not in the log)"
+    if audit_log is None: raise _BadRequest(409, [_problem('(server)', 'contesting needs the audit log (LABKIT_AUDIT_LOG)')], 'no audit log')
+    did = body.get('decision_id') if isinstance(body, dict) else None
+    if not (isinstance(did, str) and _DECISION_ID.fullmatch(did)):
+        raise _BadRequest(422, [_problem('decision_id', 'must be the 32 hex digits /hire returned')], 'invalid input')
+    reason = body.get('reason', '')
+    if not isinstance(reason, str) or len(reason) > 500: raise _BadRequest(422, [_problem('reason', 'must be text of at most 500 characters')], 'invalid input')
+    if not (found := [r for r in audit_log.records() if r.get('decision_id') == did and 'contests' not in r]):
+        raise _BadRequest(404, [_problem('decision_id', f'no decision {did} in the audit log (erased, or never given)')], 'not found')
+    record = {'timestamp': datetime.now(timezone.utc).isoformat(timespec='milliseconds'), 'decision_id': uuid.uuid4().hex,
+              'contests': did, 'subject': found[0].get('subject'), 'decision': 'review', 'reason': 'contested by the applicant', 'note': reason}
+    audit_log.append(record)
+    return {'decision': 'review', 'contests': did, 'decision_id': record['decision_id']}
+
+# %% ../nbs/09_responsible_ai.ipynb
 def _audit_record(model:dict, rec:dict, out:dict, key:bytes|None) -> dict:
     "What the audit log keeps of one decision: pseudonymised subject, inputs, decision, reason, explanation"
     subject = pseudonymise(rec['applicant_id'], key) if rec.get('applicant_id') and key else None
@@ -352,7 +377,7 @@ def hiring_blueprint(model:dict,          # from `hiring_model_json`
                      audit_log=None,      # a RequestLog (or anything with `.append(dict)`) for every decision given
                      key:bytes=None,      # pseudonym key (needed with an audit log)
                      band:tuple=REVIEW_BAND) -> Blueprint:
-    "Flask blueprint: POST /hire (decision, routed to review when unsure, audited) and POST /explain (top contributions)"
+    "Flask blueprint: POST /hire (decision, routed to review when unsure, audited), POST /explain (top contributions), POST /contest"
     bp = Blueprint('hiring', __name__)
 
     @bp.errorhandler(_BadRequest)
@@ -377,6 +402,8 @@ def hiring_blueprint(model:dict,          # from `hiring_model_json`
                 raise _BadRequest(503, [_problem('(server)', 'the audit log is unavailable: no decision was given, retry later')], 'audit log unavailable') from None
             out['decision_id'] = record['decision_id']
         return _answer(out)
+
+    bp.post('/contest')(lambda: _answer(contest_decision(audit_log, _json_from_request())))
     return bp
 
 # %% ../nbs/09_responsible_ai.ipynb
@@ -502,7 +529,7 @@ AI_ACT_REQUIREMENTS = [  # (source, requirement, what labkit does)
     ('AI Act art. 11', 'technical documentation', 'model card generated from the data and the metrics (`model_card`); the model stored as JSON data with its version'),
     ('AI Act art. 12', 'record-keeping: automatic logs of the system\'s operation', 'audit log of every decision with inputs, version and explanation; crash-safe (`RequestLog`, fsync per record)'),
     ('AI Act art. 13', 'transparency and information to deployers', '`/explain` returns the top contributions; the model card states intended use and limitations'),
-    ('AI Act art. 14', 'human oversight', 'low-confidence decisions and those without consent routed to `review` (`route_decision`)'),
+    ('AI Act art. 14', 'human oversight', 'low-confidence decisions, those without consent and contested ones (`/contest`) routed to `review`'),
     ('AI Act art. 15', 'accuracy, robustness, cybersecurity', 'accuracy per group reported; every bad input a 4xx naming the field; request size limits of the serving lab'),
     ('AI Act art. 26, 86', 'deployer duties; the right to an explanation of a decision', 'decision id returned; its audit record holds the explanation'),
     ('GDPR art. 4(5), 32', 'pseudonymisation, security of processing', 'identifiers replaced by a keyed hash (`pseudonymise`); the key from the environment or a file, never the command line'),

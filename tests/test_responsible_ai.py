@@ -393,3 +393,27 @@ def test_any_json_body_is_200_or_a_4xx_naming_a_field(plain_client, body, route)
     if r.status_code != 200:
         fields = [p['field'] for p in r.get_json()['problems']]
         assert fields and all(f == '(body)' or f in (body if isinstance(body, dict) else {}) or f in HIRE_FEATURES for f in fields), fields
+
+# --- contesting a decision -----------------------------------------------------------------------------------
+
+def test_a_contested_decision_goes_to_review_and_is_recorded(audited):
+    client, log = audited
+    given = client.post('/hire', json={**APPLICANT, 'applicant_id': 'ann'}).get_json()
+    r = client.post('/contest', json={'decision_id': given['decision_id'], 'reason': 'the test score is wrong'})
+    assert r.status_code == 200 and r.get_json()['decision'] == 'review', r.get_json()
+    last = log.records()[-1]
+    assert last['contests'] == given['decision_id'] and last['subject'] == pseudonymise('ann', KEY) and last['decision'] == 'review'
+    assert erase_person(log, 'ann', KEY)['erased'] == 2                                   # the contest goes with the person
+    assert client.post('/contest', json={'decision_id': given['decision_id']}).status_code == 404
+
+@pytest.mark.parametrize('body,status,field', [
+    ({'decision_id': 'abc'}, 422, 'decision_id'), ({}, 422, 'decision_id'), ([1], 422, 'decision_id'),
+    ({'decision_id': '0' * 32}, 404, 'decision_id'), ({'decision_id': '0' * 32, 'reason': 5}, 422, 'reason'),
+])
+def test_bad_contests_are_named(audited, body, status, field):
+    r = audited[0].post('/contest', json=body)
+    assert r.status_code == status and r.get_json()['problems'][0]['field'] == field, r.get_json()
+
+def test_contesting_needs_the_audit_log(fitted):
+    r = create_hiring_app(fitted[2]).test_client().post('/contest', json={'decision_id': '0' * 32})
+    assert r.status_code == 409 and 'LABKIT_AUDIT_LOG' in r.get_json()['problems'][0]['message']
