@@ -14,7 +14,8 @@
 import argparse, os, platform, tempfile
 import pandas as pd
 from labkit.responsible_ai import (make_applicants, split_applicants, compare_mitigations, train_hiring_classifier,
-                                   background_sample, hiring_model_json, create_hiring_app, route_latency)
+                                   background_sample, hiring_model_json, create_hiring_app, route_latency,
+                                   _markdown_table)
 
 
 def mitigation_figures(seeds: int, n: int, max_iter: int) -> pd.DataFrame:
@@ -49,12 +50,12 @@ def main():
     cols = ['accuracy', 'accuracy_on_merit', 'dpd', 'eod', 'accuracy_cost_points', 'dpd_reduction', 'seconds']
     met = mit.groupby('method', sort=False).meets_goal.sum().astype(int).astype(str) + f' of {a.seeds}'
     print('\n## Mitigation (mean over seeds)\n')
-    print(mit.groupby('method', sort=False)[cols].mean().assign(meets_goal=met).round(3).to_markdown())
+    print(_markdown_table(mit.groupby('method', sort=False)[cols].mean().assign(meets_goal=met)))
     print('\n## Mitigation, per seed\n')
-    print(mit.round(3).to_markdown(index=False))
+    print(_markdown_table(mit.set_index('method')))
     lat = latency_figures(a.requests)
     print('\n## Latency (Flask test client, one process)\n')
-    print(lat.round(3).to_markdown())
+    print(_markdown_table(lat))
     ratio = lat.p50_ms['/explain'] / lat.p50_ms['/predict']
     print(f"\n/explain : /predict median latency = {ratio:.2f}; /hire audited : /hire = {lat.p50_ms['/hire (audited, fsync)'] / lat.p50_ms['/hire']:.2f}")
 
