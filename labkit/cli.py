@@ -32,6 +32,7 @@ COMMANDS = {
     'stream-consume': 'labkit.deployment_types:stream_consume_cli',
     'web-assets': 'labkit.deployment_types:web_assets_cli',
     'browser-page': 'labkit.deployment_types:browser_page_cli',
+    'erase':   'labkit.responsible_ai:erase_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -54,6 +55,7 @@ EXAMPLES = {
     'stream-consume': 'labkit stream-consume --port 6379 --consumer c1 --idle-exit 5',
     'web-assets': 'labkit web-assets',
     'browser-page': 'labkit browser-page --port 8090 --images 8',
+    'erase':   'labkit erase logs/audit --applicant-id app-0-00017',
 }
 
 # %% ../nbs/92_cli.ipynb

@@ -12,7 +12,8 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'ImageRejected', 'open_image', 'gpu_available', 'torch_device', 'requires_gpu', 'identity_onnx_model',
            'seed_everything', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
-           'LocalService', 'RequestLog', 'CheckResult', 'check_values', 'check_function', 'check_fingerprint']
+           'LocalService', 'RequestLog', 'file_lock', 'CheckResult', 'check_values', 'check_function',
+           'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -655,7 +656,7 @@ class RequestLog:
 
 # %% ../nbs/00_core.ipynb
 @contextmanager
-def _exclusive(lock_path:Path):
+def file_lock(lock_path:Path):
     "Hold an exclusive flock on `lock_path`, through a descriptor opened for this call only"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -676,7 +677,7 @@ def append(self:RequestLog, record:Mapping):
     "Append one record (a JSON-serialisable dict or other mapping); returns once it is on disk"
     if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
     line = (json.dumps(dict(record), separators=(',', ':'), default=_json_default) + '\n').encode()
-    with _exclusive(self.path/'.lock'):
+    with file_lock(self.path/'.lock'):
         segs = self.segments()
         seg = segs[-1] if segs else self._segment(1)
         size = seg.stat().st_size if seg.exists() else 0
