@@ -1,6 +1,9 @@
 "The monitoring stack for real: Prometheus and Alertmanager as processes, the drift drill through the served app, failures"
 import json
+import shutil
 import subprocess
+import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -153,3 +156,60 @@ def test_evidently_agrees_with_labkit_tests_on_small_windows():
     ks = both[both.test == 'KS']
     assert ((ks.p_value - ks.ev_score).abs() < 1e-9 + 1e-6*ks.p_value).all(), both
     assert both.loc[['age', 'income', 'channel'], 'ev_drift'].all() and both.loc[['age', 'income', 'channel'], 'verdict'].eq('drift').all()
+
+
+# --- retraining by transfer, and TensorBoard ------------------------------------------------------------------
+
+def test_transfer_table_fine_tuning_needs_fewest_labels(tmp_path):
+    "After a concept drift the deployed model fails; fine-tuning beats training from scratch on few labels; runs logged"
+    table = transfer_table((50, 400), epochs=30, log_dir=tmp_path/'runs')
+    acc = table.set_index(['strategy', 'labels']).accuracy
+    assert acc['deployed, not retrained', 0] < 0.6
+    assert acc['fine-tuned', 50] > acc['from scratch', 50] + 0.02
+    assert all(acc[s, n] > acc['deployed, not retrained', 0] + 0.2 for s in STRATEGIES[1:] for n in (50, 400))
+    scalars = read_scalars(tmp_path/'runs')
+    assert set(scalars.run) == {'deployed-not-retrained-0'} | {f'{r}-{n}' for r in ('from-scratch', 'fine-tuned', 'frozen-features') for n in (50, 400)}
+    assert scalars.groupby('run').step.max().loc['fine-tuned-50'] == 29
+    with pytest.raises(ValueError, match='unknown strategy'): retrain('distill', None, None, None, None, None)
+
+def test_scalar_log_needs_no_tensorflow(tmp_path):
+    "Writing and reading TensorBoard scalars imports no TensorFlow (a fresh interpreter checks)"
+    code = ("import sys; from labkit.monitoring_stack import ScalarLog, read_scalars\n"
+            f"with ScalarLog({str(tmp_path/'r')!r}) as log: log.add('loss', 0.5, 1)\n"
+            f"assert read_scalars({str(tmp_path)!r}).value.tolist() == [0.5]\n"
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+@pytest.fixture(scope='module')
+def tensorboard(tmp_path_factory):
+    "TensorBoard on 127.0.0.1 over two logged runs"
+    runs = tmp_path_factory.mktemp('tb')/'runs'
+    for name, values in {'fine-tuned-50': [0.6, 0.8, 0.84], 'from-scratch-50': [0.5, 0.7, 0.78]}.items():
+        with ScalarLog(runs/name) as log:
+            for step, v in enumerate(values): log.add('accuracy/test', v, step)
+    with tensorboard_service(runs, runs.parent/'tensorboard') as tb: yield tb
+
+def test_tensorboard_serves_the_runs(tensorboard):
+    tags = wait_until(lambda: tensorboard_scalars(tensorboard.url) or None, 60, 'TensorBoard to list the runs')
+    assert tags == {'fine-tuned-50': ['accuracy/test'], 'from-scratch-50': ['accuracy/test']}
+
+def test_tensorboard_shows_the_scalars_in_a_browser(tensorboard):
+    "Headless Chromium opens TensorBoard's scalars dashboard and sees the runs and the tag"
+    chromium, driver = shutil.which('chromium') or shutil.which('chromium-browser'), shutil.which('chromedriver')
+    if not (chromium and driver): pytest.skip("headless Chromium is not installed: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install "labkit[dev]")')
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions(); opts.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix='labkit-chromium-')
+    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run', '--disable-dev-shm-usage', f'--user-data-dir={profile}'):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        browser.set_page_load_timeout(60)
+        browser.get(f'{tensorboard.url}/#scalars')
+        seen = lambda: all(w in browser.page_source for w in ('fine-tuned-50', 'from-scratch-50', 'accuracy/test')) or None
+        wait_until(seen, 90, 'TensorBoard\'s page to show both runs and the accuracy/test tag', every=1)
+    finally:
+        browser.quit(); shutil.rmtree(profile, ignore_errors=True)
