@@ -166,7 +166,8 @@ def test_transfer_table_fine_tuning_needs_fewest_labels(tmp_path):
     acc = table.set_index(['strategy', 'labels']).accuracy
     assert acc['deployed, not retrained', 0] < 0.6
     assert acc['fine-tuned', 50] > acc['from scratch', 50] + 0.02
-    assert all(acc[s, n] > acc['deployed, not retrained', 0] + 0.2 for s in STRATEGIES[1:] for n in (50, 400))
+    retrained = [('fine-tuned', 50), ('frozen features', 50), ('from scratch', 400), ('fine-tuned', 400), ('frozen features', 400)]
+    assert all(acc[k] > acc['deployed, not retrained', 0] + 0.2 for k in retrained), table   # from scratch on 50 labels: barely trained
     scalars = read_scalars(tmp_path/'runs')
     assert set(scalars.run) == {'deployed-not-retrained-0'} | {f'{r}-{n}' for r in ('from-scratch', 'fine-tuned', 'frozen-features') for n in (50, 400)}
     assert scalars.groupby('run').step.max().loc['fine-tuned-50'] == 29
@@ -194,6 +195,13 @@ def test_tensorboard_serves_the_runs(tensorboard):
     tags = wait_until(lambda: tensorboard_scalars(tensorboard.url) or None, 60, 'TensorBoard to list the runs')
     assert tags == {'fine-tuned-50': ['accuracy/test'], 'from-scratch-50': ['accuracy/test']}
 
+_ALL_TEXT = '''function text(node) {   // TensorBoard's scalars dashboard is Polymer: its text is inside shadow roots
+  let out = node.shadowRoot ? text(node.shadowRoot) : '';
+  for (const c of node.childNodes) out += c.nodeType === 3 ? c.textContent + ' ' : text(c);
+  return out;
+}
+return text(document.body);'''
+
 def test_tensorboard_shows_the_scalars_in_a_browser(tensorboard):
     "Headless Chromium opens TensorBoard's scalars dashboard and sees the runs and the tag"
     chromium, driver = shutil.which('chromium') or shutil.which('chromium-browser'), shutil.which('chromedriver')
@@ -209,7 +217,7 @@ def test_tensorboard_shows_the_scalars_in_a_browser(tensorboard):
     try:
         browser.set_page_load_timeout(60)
         browser.get(f'{tensorboard.url}/#scalars')
-        seen = lambda: all(w in browser.page_source for w in ('fine-tuned-50', 'from-scratch-50', 'accuracy/test')) or None
+        seen = lambda: all(w in browser.execute_script(_ALL_TEXT) for w in ('fine-tuned-50', 'from-scratch-50', 'accuracy/test')) or None
         wait_until(seen, 90, 'TensorBoard\'s page to show both runs and the accuracy/test tag', every=1)
     finally:
         browser.quit(); shutil.rmtree(profile, ignore_errors=True)
