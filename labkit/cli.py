@@ -33,6 +33,7 @@ COMMANDS = {
     'web-assets': 'labkit.deployment_types:web_assets_cli',
     'browser-page': 'labkit.deployment_types:browser_page_cli',
     'erase':   'labkit.responsible_ai:erase_cli',
+    'monitoring-stack': 'labkit.monitoring_stack:monitoring_stack_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -56,6 +57,7 @@ EXAMPLES = {
     'web-assets': 'labkit web-assets',
     'browser-page': 'labkit browser-page --port 8090 --images 8',
     'erase':   'labkit erase logs/audit --applicant-id app-0-00017',
+    'monitoring-stack': 'labkit monitoring-stack --data runs/monitoring-stack --interval 1 --drill',
 }
 
 # %% ../nbs/92_cli.ipynb
