@@ -15,7 +15,8 @@ __all__ = ['PIPELINE', 'NEEDS', 'STATE_FILE', 'FEATURE_CODE', 'FEATURE_TESTS', '
            'k8s_deployment', 'k8s_manifests', 'validate_manifests', 'image_tags', 'stage_k8s', 'base_image',
            'stage_build_image', 'secrets_in_image', 'hadolint_problems', 'sbom', 'image_problems', 'stage_image_checks',
            'stage_cve_scan', 'registry_service', 'registry_answers', 'pushed_image_id', 'publish_image',
-           'stage_publish', 'BoundedLoad', 'smoke_test', 'metric_gate', 'blue_green_deploy', 'stage_deploy']
+           'stage_publish', 'BoundedLoad', 'smoke_test', 'metric_gate', 'blue_green_deploy', 'stage_deploy',
+           'github_workflow', 'workflow_stages', 'pipeline_cli', 'registry_cli']
 
 # %% ../nbs/12_cicd.ipynb
 import ast, hashlib, http.client, importlib, json, os, re, secrets, shutil, subprocess, sys, tempfile, threading, time, traceback
@@ -405,13 +406,14 @@ def hiring_schema(max_null_share:float=0.12,   # largest share of missing values
                   rules:list=()):              # extra dataframe-level pandera Checks (e.g. the exercise's)
     "pandera schema of the raw hiring export: columns, types, ranges, missing values, duplicate rows"
     import pandera.pandas as pa
-    few_nulls = pa.Check(lambda s: s.isna().mean() <= max_null_share, name=f'at most {max_null_share:.0%} missing')
-    score = lambda: pa.Column(float, [pa.Check.in_range(0, 10), few_nulls], nullable=True, coerce=True)
+    cols = [*FEATURES, TARGET]   # pandera drops the nulls before a column's checks: count them on the frame
+    few_nulls = [pa.Check(lambda df, c=c: df[c].isna().mean() <= max_null_share, name=f'{c}: at most {max_null_share:.0%} missing') for c in cols]
+    score = lambda: pa.Column(float, pa.Check.in_range(0, 10), nullable=True, coerce=True)
     return pa.DataFrameSchema({
-        'experience': pa.Column(None, [pa.Check(readable_years, element_wise=True, name='readable years'), few_nulls], nullable=True),
+        'experience': pa.Column(None, pa.Check(readable_years, element_wise=True, name='readable years'), nullable=True),
         'test_score': score(), 'interview_score': score(),
-        'salary': pa.Column(float, [pa.Check.in_range(10_000, 500_000), few_nulls], nullable=True, coerce=True)},
-        checks=[pa.Check(lambda df: ~df.duplicated(keep='first'), name='no duplicated rows'), *rules], strict=True)
+        'salary': pa.Column(float, pa.Check.in_range(10_000, 500_000), nullable=True, coerce=True)},
+        checks=[pa.Check(lambda df: ~df.duplicated(keep='first'), name='no duplicated rows'), *few_nulls, *rules], strict=True)
 
 # %% ../nbs/12_cicd.ipynb
 def leaked_rows(train:pd.DataFrame, test:pd.DataFrame) -> pd.DataFrame:
@@ -427,9 +429,13 @@ def validate_frame(df:pd.DataFrame, name:str, schema) -> list:
     whole_rows = (cases['schema_context'] == 'DataFrameSchema').to_numpy()   # a frame-level check: one case per cell of a row
     cases = cases.assign(column=np.where(whole_rows, '(rows)', cases['column'].astype(str)), check=cases['check'].astype(str),
                          example=np.where(whole_rows, 'row ' + cases['index'].astype(str), cases['failure_case'].astype(str)))
-    return [{'file': name, 'column': col, 'check': check, 'count': int(g['index'].nunique()),
-             'examples': list(dict.fromkeys(v[:40] for v in g['example']))[:3]}
-            for (col, check), g in cases.groupby(['column', 'check'], sort=False)]
+    out = []
+    for (col, check), g in cases.groupby(['column', 'check'], sort=False):
+        if col == '(rows)' and ': ' in check: col, check = check.split(': ', 1)   # a frame-level check about one column
+        if check == 'column_in_schema': col, check = str(g['failure_case'].iloc[0]), 'a column the schema does not know'
+        out.append({'file': name, 'column': col, 'check': check, 'count': int(g['index'].nunique()) or len(g),
+                    'examples': list(dict.fromkeys(v[:40] for v in g['example'] if isinstance(v, str) and v != 'row nan'))[:3]})
+    return out
 
 def validate_data(data_dir, max_null_share:float=0.12, rules:list=()) -> list:
     "Problems of data/train.csv and data/test.csv: each file against the schema, then train/test leakage"
@@ -741,6 +747,21 @@ def pushed_image_id(registry:str, repo:str, tag:str) -> str|None:
     return (json.loads(body) if isinstance(body, str) else body)['config']['digest']
 
 # %% ../nbs/12_cicd.ipynb
+def _push(remote:str, registry:str, timeout:float=900, silent_for:float=3.0):
+    "docker push, stopped as soon as the registry stops answering (docker itself retries for about a minute)"
+    proc = subprocess.Popen(['docker', 'push', '-q', remote], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end, last_seen = time.monotonic() + timeout, time.monotonic()
+    while proc.poll() is None:
+        if registry_answers(registry, timeout=1): last_seen = time.monotonic()
+        if time.monotonic() - last_seen > silent_for or time.monotonic() > end:
+            proc.terminate(); proc.wait(10)
+            why = 'stopped answering during the push' if time.monotonic() <= end else f'took over {timeout:.0f} s'
+            raise GateFailed(f"push of {remote} failed: the registry at {registry} {why}; a rerun pushes what is missing")
+        time.sleep(0.3)
+    if proc.returncode:
+        why = (proc.stdout.read().strip() or 'no output').splitlines()[-1][:200]
+        raise GateFailed(f"push of {remote} failed ({why}); is the registry at {registry} running? A rerun pushes what is missing")
+
 def publish_image(image:str,      # local image, e.g. labkit-salary:git-...
                   registry:str,   # host:port
                   tags:list,      # tags to push it under
@@ -755,11 +776,8 @@ def publish_image(image:str,      # local image, e.g. labkit-salary:git-...
     for t in (t for t, d in held.items() if d is None):
         remote = f"{registry}/{repo}:{t}"
         _docker('tag', image, remote)
-        try: r = _docker('push', remote, timeout=900, check=False)
+        try: _push(remote, registry)
         finally: _docker('rmi', remote, check=False)    # only the name: the image stays
-        if r.returncode:
-            why = (r.stderr.strip() or r.stdout.strip() or 'no output').splitlines()[-1][:200]
-            raise GateFailed(f"push of {remote} failed ({why}); is the registry at {registry} running? A rerun pushes what is missing")
         if pushed_image_id(registry, repo, t) != image_id: raise GateFailed(f"{remote} does not hold the pushed image after the push")
         pushed.append(t)
     return {'registry': registry, 'repository': repo, 'tags': tags, 'pushed': pushed, 'already_there': [t for t in tags if t not in pushed], 'id': image_id}
@@ -871,3 +889,68 @@ def stage_deploy(ctx:StageContext) -> dict:
     if report['load']['failed']: raise GateFailed(f"{report['load']['failed']} request(s) failed during the deployment: {report['load']['failures']}")
     if report['rolled_back']: raise GateFailed(f"deploy of {ev['candidate']} rolled back to {report['from']} in {report['rollback_seconds']} s: {report['reason']}")
     return {k: report[k] for k in ('from', 'to', 'switch_seconds', 'serving')} | {'requests_during': report['load']['ok']}
+
+# %% ../nbs/12_cicd.ipynb
+def github_workflow(stages:list=None, python:str='3.11') -> dict:
+    "A GitHub Actions workflow with one step per stage of the pipeline"
+    stages = stages or load_pipeline()
+    steps = [{'uses': 'actions/checkout@v4', 'with': {'fetch-depth': 0}},
+             {'uses': 'actions/setup-python@v5', 'with': {'python-version': python}},
+             {'name': 'install labkit', 'run': 'pip install "labkit[serve,cicd]"'},
+             {'name': 'build the serving base image', 'run': 'docker pull python:3.11-slim-bookworm && labkit pipeline base-image'}]
+    steps += [{'name': s.name, 'id': s.name, 'run': f"labkit pipeline run --stage {s.name} --project . --registry 127.0.0.1:5000"} for s in stages]
+    steps.append({'name': 'logs and reports', 'if': 'always()', 'uses': 'actions/upload-artifact@v4', 'with': {'name': 'pipeline', 'path': 'build/'}})
+    return {'name': 'ml-pipeline', 'on': {'push': {'branches': ['main']}, 'pull_request': {}},
+            'jobs': {'pipeline': {'runs-on': 'ubuntu-latest', 'services': {'registry': {'image': 'registry:2', 'ports': ['5000:5000']}},
+                                  'steps': steps}}}
+
+def workflow_stages(workflow:dict) -> list:
+    "The stage names a workflow runs, in order (read back from its steps' commands)"
+    return [m.group(1) for st in workflow['jobs']['pipeline']['steps'] if (m := re.search(r'--stage (\S+)', st.get('run', '')))]
+
+# %% ../nbs/12_cicd.ipynb
+def _echo(r:StageResult):
+    print(f"{r.name:<14} {r.status:<8} {r.seconds:>7.1f} s  {r.detail[:100]}", flush=True)
+
+def pipeline_cli(action:str,            # init (write the example project), run, workflow (write the GitHub Actions file), stages, base-image
+                 project:str='.',       # the project folder
+                 stage:str=None,        # run only this stage (comma-separated for several)
+                 registry:str=None,     # host:port of the registry to publish to (else LABKIT_CI_REGISTRY)
+                 force:bool=False):     # rerun stages whose inputs did not change
+    "Run the ML pipeline of a project (lint, tests, data, model, image, registry, deploy), or write its project or workflow"
+    root = Path(project)
+    if action == 'init':
+        try: make_project(root)
+        except FileExistsError as e: raise SystemExit(f"labkit pipeline init: {e}") from None
+        print(f"wrote the example project to {root}; next: labkit pipeline run --project {root}"); return 0
+    if action == 'stages':
+        for s in load_pipeline(): print(f"{s.name:<14} {s.gate}")
+        return 0
+    if action == 'base-image': print(base_image()); return 0
+    if not (root/'params.json').is_file(): raise SystemExit(f"labkit pipeline {action}: {root} is not a pipeline project (no params.json); labkit pipeline init {root} writes one")
+    if action == 'workflow':
+        import yaml
+        out = write_atomic(root/'.github'/'workflows'/'ml-pipeline.yml', yaml.safe_dump(github_workflow(), sort_keys=False))
+        print(f"wrote {out}"); return 0
+    if action != 'run': raise SystemExit(f"labkit pipeline: unknown action {action!r}; actions: init, run, workflow, stages, base-image")
+    try: result = run_pipeline(root, only=stage.split(',') if stage else None, options={'registry': registry}, force=force, echo=_echo)
+    except ValueError as e: raise SystemExit(f"labkit pipeline run: {e}") from None
+    if bad := result.failed: print(f"\n--- log of {bad.name} ---\n{bad.log[-4000:]}", flush=True)
+    print('\n' + result.table().to_string(index=False))
+    return 0 if result.ok else 1
+
+# %% ../nbs/12_cicd.ipynb
+def registry_cli(data:str='runs/registry',  # the registry's data folder (storage, config, log)
+                 port:int=5000):            # port on 127.0.0.1
+    "Run Debian's docker-registry on 127.0.0.1 with its storage in DATA until Ctrl-C"
+    try: service = registry_service(data, port)
+    except ServiceUnavailable as e: raise SystemExit(f"labkit registry: {e}") from None
+    with signals_interrupt():
+        try:
+            with service:
+                print(f"registry on 127.0.0.1:{service.port}, storage in {Path(data).resolve()/'storage'} (Ctrl-C stops it)", flush=True)
+                while service.proc.poll() is None: time.sleep(0.5)
+                print(f"labkit registry: docker-registry exited with status {service.proc.returncode}; see {service.log}", file=sys.stderr)
+                return 1
+        except ServiceUnavailable as e: raise SystemExit(f"labkit registry: {e}") from None
+        except KeyboardInterrupt: return 0

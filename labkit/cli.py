@@ -26,6 +26,8 @@ COMMANDS = {
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
+    'pipeline': 'labkit.cicd:pipeline_cli',
+    'registry': 'labkit.cicd:registry_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -42,6 +44,8 @@ EXAMPLES = {
     'fl-server': 'labkit fl-server --rounds 3 --clients 2 --partition dirichlet --out runs/fl.json',
     'fl-client': 'labkit fl-client 0 --clients 2 --partition dirichlet',
     'monitor': 'labkit monitor logs reference.csv --port 9108 --labels labels.csv',
+    'pipeline': 'labkit pipeline run --project salary --registry 127.0.0.1:5000',
+    'registry': 'labkit registry --data runs/registry --port 5000',
 }
 
 # %% ../nbs/92_cli.ipynb
