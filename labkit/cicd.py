@@ -16,7 +16,8 @@ __all__ = ['PIPELINE', 'NEEDS', 'STATE_FILE', 'FEATURE_CODE', 'FEATURE_TESTS', '
            'stage_build_image', 'secrets_in_image', 'hadolint_problems', 'sbom', 'image_problems', 'stage_image_checks',
            'stage_cve_scan', 'registry_service', 'registry_answers', 'pushed_image_id', 'publish_image',
            'stage_publish', 'BoundedLoad', 'smoke_test', 'metric_gate', 'blue_green_deploy', 'stage_deploy',
-           'github_workflow', 'workflow_stages', 'pipeline_cli', 'registry_cli']
+           'github_workflow', 'workflow_stages', 'pipeline_cli', 'registry_cli', 'check_graduate_rule',
+           'check_directional']
 
 # %% ../nbs/12_cicd.ipynb
 import ast, hashlib, http.client, importlib, json, os, re, secrets, shutil, subprocess, sys, tempfile, threading, time, traceback
@@ -926,7 +927,9 @@ def pipeline_cli(action:str,            # init (write the example project), run,
     if action == 'stages':
         for s in load_pipeline(): print(f"{s.name:<14} {s.gate}")
         return 0
-    if action == 'base-image': print(base_image()); return 0
+    if action == 'base-image':
+        try: print(base_image()); return 0
+        except (StageSkipped, GateFailed) as e: raise SystemExit(f"labkit pipeline base-image: {e}") from None
     if not (root/'params.json').is_file(): raise SystemExit(f"labkit pipeline {action}: {root} is not a pipeline project (no params.json); labkit pipeline init {root} writes one")
     if action == 'workflow':
         import yaml
@@ -954,3 +957,21 @@ def registry_cli(data:str='runs/registry',  # the registry's data folder (storag
                 return 1
         except ServiceUnavailable as e: raise SystemExit(f"labkit registry: {e}") from None
         except KeyboardInterrupt: return 0
+
+# %% ../nbs/12_cicd.ipynb
+def check_graduate_rule(fn):
+    "Self-check of the data-validation rule exercise"
+    df = pd.DataFrame({'experience': [None, '0', 'zero', '3', None, '0'], 'test_score': [7.0] * 6, 'interview_score': [7.0] * 6,
+                       'salary': [79_000.0, 95_000.0, 81_000.0, 120_000.0, None, 80_000.0]})
+    cases = [((df,), [True, False, False, True, True, True]), ((df.iloc[:1],), [True])]
+    return check_function(lambda d: list(map(bool, fn(d))), cases,
+                          why='Experience counts as 0 when blank, 0 or the word zero (parse it as clean_hiring does); a missing salary passes.')
+
+# %% ../nbs/12_cicd.ipynb
+def check_directional(fn):
+    "Self-check of the directional-test exercise: a sound model passes, one that pays less for a better test fails"
+    good = ModelRegistry(default_registry_dir()).get('v2')
+    bad = {**good, 'coef': {**good['coef'], 'test_score': -500.0}}
+    flat = {**good, 'coef': {**good['coef'], 'test_score': 0.0}}
+    return check_function(lambda m: bool(fn(m)[0]), [((good,), True), ((bad,), False), ((flat,), False)],
+                          why='Compare _salary(model, test_score=9) with _salary(model, test_score=5): strictly higher passes.')

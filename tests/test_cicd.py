@@ -151,7 +151,7 @@ def test_whole_pipeline_on_the_engine_and_registry(engine_project, registry_prog
         with pytest.raises(GateFailed, match='never overwritten'):   # another image under the same tags
             publish_image('labkit-serve:' + published['tags'][1].split('-')[0], reg, published['tags'])
         broken = project/'docker'/'Dockerfile'; good = broken.read_text()
-        broken.write_text(good.replace('USER 10001:10001\n', 'ENV API_TOKEN=s3cr3t-t0ken\n'))
+        broken.write_text(good.replace('USER 10001:10001\n', 'ENV API_TOKEN=s3cr3t-t0ken\nUSER root\n'))
         try:
             bad = _run(project, 'build-image', 'image-checks')
             assert bad.status('image-checks') == 'failed' and 'runs as root' in bad.failed.log and 'ENV API_TOKEN' in bad.failed.log
