@@ -380,7 +380,7 @@ def stage_unit_tests(ctx:StageContext) -> dict:
     data.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, 'PYTHONPATH': str(ctx.path('src')), 'PYTHONDONTWRITEBYTECODE': '1', 'PYTEST_DISABLE_PLUGIN_AUTOLOAD': '1'}
     r = ctx.sh([sys.executable, '-m', 'coverage', 'run', f'--data-file={data}', '--source=src', '-m', 'pytest', '-q',
-                '-p', 'no:cacheprovider', '--rootdir', ctx.project, 'tests'], cwd=ctx.project, env=env, check=False)
+                '-p', 'no:cacheprovider', '--color=no', '-rf', '--rootdir', ctx.project, 'tests'], cwd=ctx.project, env=env, check=False)
     if r.returncode:
         failed = [l for l in r.stdout.splitlines() if l.startswith('FAILED')] or r.stdout.strip().splitlines()[-1:]
         raise GateFailed(f"unit tests failed: {'; '.join(failed)[:300]}")
