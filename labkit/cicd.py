@@ -964,7 +964,9 @@ def check_graduate_rule(fn):
     df = pd.DataFrame({'experience': [None, '0', 'zero', '3', None, '0'], 'test_score': [7.0] * 6, 'interview_score': [7.0] * 6,
                        'salary': [79_000.0, 95_000.0, 81_000.0, 120_000.0, None, 80_000.0]})
     cases = [((df,), [True, False, False, True, True, True]), ((df.iloc[:1],), [True])]
-    return check_function(lambda d: list(map(bool, fn(d))), cases,
+    def as_list(d): return list(map(bool, fn(d)))
+    as_list.__name__ = getattr(fn, '__name__', 'your function')
+    return check_function(as_list, cases,
                           why='Experience counts as 0 when blank, 0 or the word zero (parse it as clean_hiring does); a missing salary passes.')
 
 # %% ../nbs/12_cicd.ipynb
@@ -973,5 +975,7 @@ def check_directional(fn):
     good = ModelRegistry(default_registry_dir()).get('v2')
     bad = {**good, 'coef': {**good['coef'], 'test_score': -500.0}}
     flat = {**good, 'coef': {**good['coef'], 'test_score': 0.0}}
-    return check_function(lambda m: bool(fn(m)[0]), [((good,), True), ((bad,), False), ((flat,), False)],
+    def passed(m): return bool(fn(m)[0])
+    passed.__name__ = getattr(fn, '__name__', 'your function')
+    return check_function(passed, [((good,), True), ((bad,), False), ((flat,), False)],
                           why='Compare _salary(model, test_score=9) with _salary(model, test_score=5): strictly higher passes.')
