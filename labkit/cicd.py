@@ -763,6 +763,7 @@ def _push(remote:str, registry:str, timeout:float=900, silent_for:float=3.0):
         why = (proc.stdout.read().strip() or 'no output').splitlines()[-1][:200]
         raise GateFailed(f"push of {remote} failed ({why}); is the registry at {registry} running? A rerun pushes what is missing")
 
+# %% ../nbs/12_cicd.ipynb
 def publish_image(image:str,      # local image, e.g. labkit-salary:git-...
                   registry:str,   # host:port
                   tags:list,      # tags to push it under
