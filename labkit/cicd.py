@@ -9,8 +9,8 @@ __all__ = ['PIPELINE', 'NEEDS', 'STATE_FILE', 'FEATURE_CODE', 'FEATURE_TESTS', '
            'environment_config', 'service_env', 'GateFailed', 'StageSkipped', 'StageContext', 'docker_answers',
            'StageResult', 'run_stage', 'PipelineRun', 'run_pipeline', 'unused_imports', 'stage_lint',
            'stage_unit_tests', 'readable_years', 'hiring_schema', 'leaked_rows', 'validate_frame', 'validate_data',
-           'stage_validate_data', 'production_version', 'candidate_version', 'stage_train', 'mft_typical_profile',
-           'mft_senior_above_graduate', 'inv_small_score_noise', 'dir_experience_raises_salary',
+           'stage_validate_data', 'production_version', 'candidate_version', 'stage_train', 'salary_for',
+           'mft_typical_profile', 'mft_senior_above_graduate', 'inv_small_score_noise', 'dir_experience_raises_salary',
            'dir_interview_raises_salary', 'behavioural_report', 'stage_model_tests', 'holdout_mae', 'stage_evaluate',
            'k8s_deployment', 'k8s_manifests', 'validate_manifests', 'image_tags', 'stage_k8s', 'base_image',
            'stage_build_image', 'secrets_in_image', 'hadolint_problems', 'sbom', 'image_problems', 'stage_image_checks',
@@ -485,30 +485,32 @@ def stage_train(ctx:StageContext) -> dict:
 # %% ../nbs/12_cicd.ipynb
 TYPICAL = {'experience': 5, 'test_score': 7, 'interview_score': 7}
 
-def _salary(model, **changes) -> float: return float(predict_salary(model, [[{**TYPICAL, **changes}[f] for f in FEATURES]])[0])
+def salary_for(model, **changes) -> float:
+    "The predicted salary of the typical hire with some features changed"
+    return float(predict_salary(model, [[{**TYPICAL, **changes}[f] for f in FEATURES]])[0])
 
 def mft_typical_profile(model) -> tuple:
     "Minimum functionality: a typical hire (5 years, scores 7) earns between 30,000 and 150,000"
-    s = _salary(model); return 30_000 <= s <= 150_000, f"typical profile -> {s:,.0f}"
+    s = salary_for(model); return 30_000 <= s <= 150_000, f"typical profile -> {s:,.0f}"
 
 def mft_senior_above_graduate(model) -> tuple:
     "Minimum functionality: 20 years and scores 8 earn more than a fresh graduate with scores 5"
-    hi, lo = _salary(model, experience=20, test_score=8, interview_score=8), _salary(model, experience=0, test_score=5, interview_score=5)
+    hi, lo = salary_for(model, experience=20, test_score=8, interview_score=8), salary_for(model, experience=0, test_score=5, interview_score=5)
     return hi > lo, f"senior {hi:,.0f} vs graduate {lo:,.0f}"
 
 def inv_small_score_noise(model) -> tuple:
     "Invariance: a test score 0.1 off (rounding in the export) moves the salary by under 1%"
-    base, moved = _salary(model), _salary(model, test_score=TYPICAL['test_score'] + 0.1)
+    base, moved = salary_for(model), salary_for(model, test_score=TYPICAL['test_score'] + 0.1)
     return abs(moved - base) <= 0.01 * abs(base), f"{base:,.0f} -> {moved:,.0f}"
 
 def dir_experience_raises_salary(model) -> tuple:
     "Directional: more experience (0 -> 2 -> 5 -> 10 years) never lowers the salary"
-    s = [_salary(model, experience=y) for y in (0, 2, 5, 10)]
+    s = [salary_for(model, experience=y) for y in (0, 2, 5, 10)]
     return all(b > a for a, b in zip(s, s[1:])), ' < '.join(f"{v:,.0f}" for v in s)
 
 def dir_interview_raises_salary(model) -> tuple:
     "Directional: a better interview (5 -> 9) raises the salary"
-    lo, hi = _salary(model, interview_score=5), _salary(model, interview_score=9)
+    lo, hi = salary_for(model, interview_score=5), salary_for(model, interview_score=9)
     return hi > lo, f"{lo:,.0f} -> {hi:,.0f}"
 
 MODEL_TESTS = [mft_typical_profile, mft_senior_above_graduate, inv_small_score_noise, dir_experience_raises_salary, dir_interview_raises_salary]
@@ -979,4 +981,4 @@ def check_directional(fn):
     def passed(m): return bool(fn(m)[0])
     passed.__name__ = getattr(fn, '__name__', 'your function')
     return check_function(passed, [((good,), True), ((bad,), False), ((flat,), False)],
-                          why='Compare _salary(model, test_score=9) with _salary(model, test_score=5): strictly higher passes.')
+                          why='Compare salary_for(model, test_score=9) with salary_for(model, test_score=5): strictly higher passes.')
