@@ -34,6 +34,8 @@ COMMANDS = {
     'browser-page': 'labkit.deployment_types:browser_page_cli',
     'erase':   'labkit.responsible_ai:erase_cli',
     'monitoring-stack': 'labkit.monitoring_stack:monitoring_stack_cli',
+    'pipeline': 'labkit.cicd:pipeline_cli',
+    'registry': 'labkit.cicd:registry_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -58,6 +60,8 @@ EXAMPLES = {
     'browser-page': 'labkit browser-page --port 8090 --images 8',
     'erase':   'labkit erase logs/audit --applicant-id app-0-00017',
     'monitoring-stack': 'labkit monitoring-stack --data runs/monitoring-stack --interval 1 --drill',
+    'pipeline': 'labkit pipeline run --project salary --registry 127.0.0.1:5000',
+    'registry': 'labkit registry --data runs/registry --port 5000',
 }
 
 # %% ../nbs/92_cli.ipynb
