@@ -5,13 +5,16 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PORT    ?= 8888
+STUDENT_DIR ?= my-labs
 VERSION := $(shell sed -n 's/^version *= *//p' settings.ini)
 STAMP   := $(VENV)/.labkit-installed
 
-.PHONY: help setup lab test check export docs readme student images clean
+.PHONY: help setup lab instructor test check export docs readme student images clean
 
 help:
-	@echo "make lab      set up .venv and start JupyterLab on nbs/ (token authentication; the URL with the token is printed)"
+	@echo "make lab      set up .venv, add the missing student copies to $(STUDENT_DIR)/ (your work there is never overwritten)"
+	@echo "              and start JupyterLab on it (token authentication; the URL with the token is printed)"
+	@echo "make instructor  JupyterLab on nbs/, the instructor's notebooks with the solutions"
 	@echo "make test     set up .venv, run the tests and execute every notebook with nbval (fast mode)"
 	@echo "make check    labkit/ is what nbdev_export makes of nbs/, and the notebooks are clean"
 	@echo "make docs     build the docs site (_docs/) and README.md;   make student  student copies in _student/"
@@ -29,7 +32,13 @@ setup: $(STAMP)
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# students: their own folder of student copies, made from nbs/ (existing notebooks kept, new ones added)
 lab: setup
+	$(VENV)/bin/labkit student nbs $(STUDENT_DIR) --keep-work
+	LABKIT_DATA=$${LABKIT_DATA:-$(CURDIR)/data} $(VENV)/bin/jupyter lab --notebook-dir=$(STUDENT_DIR) --ip=127.0.0.1 --port=$(PORT) --no-browser $(ROOT_FLAG)
+
+# instructors: the source notebooks, solutions included
+instructor: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --no-browser $(ROOT_FLAG)
 
 test: setup
