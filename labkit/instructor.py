@@ -7,10 +7,11 @@ __all__ = ['STUDENT_KERNEL', 'solution_spans', 'strip_solutions', 'StudentCopyEr
            'read_instructor_notebook', 'defined_names', 'used_names', 'cell_directives', 'exercise_checkers',
            'student_notebook', 'student_copies', 'normalise_notebook', 'write_student_copies', 'add_student_copies',
            'sync_quarto_config', 'page_title', 'quarto_to_plain', 'render_static_site', 'build_docs', 'build_readme',
-           'student_cli', 'docs_cli']
+           'forbidden_calls', 'grading_plan', 'grading_notebook', 'sandbox_description', 'grade_submission',
+           'grade_folder', 'student_cli', 'grade_cli', 'docs_cli']
 
 # %% ../nbs/91_instructor.ipynb
-import ast, hashlib, html, json, os, re, shutil, subprocess, sys, tempfile, textwrap, warnings
+import ast, functools, hashlib, html, json, os, re, shlex, shutil, subprocess, sys, tempfile, textwrap, time, warnings
 from pathlib import Path
 import nbformat
 from .core import *
@@ -370,6 +371,224 @@ def build_readme(root=None) -> Path:
     return root/'README.md'
 
 # %% ../nbs/91_instructor.ipynb
+_FORBIDDEN = {'os.system': 'runs a shell command', 'os.popen': 'runs a shell command', 'subprocess': 'starts programs',
+              'shutil.rmtree': 'deletes folders', 'os.remove': 'deletes files', 'os.unlink': 'deletes files',
+              'os.rmdir': 'deletes folders', 'socket': 'opens network connections', 'os.kill': 'signals processes',
+              '__import__': 'imports by name (hides what it imports)', 'getattr': 'reads an attribute by a computed name (hides what it calls)',
+              '.unlink': 'deletes files', '.rmdir': 'deletes folders', '.rmtree': 'deletes folders', '.system': 'runs a shell command'}
+_FORBIDDEN_METHODS = {'unlink', 'rmdir', 'rmtree', 'system'}
+
+def forbidden_calls(source:str) -> list: # a submitted exercise cell
+    "What in `source` a submission may not do, as 'NAME (why)'; shell and magic lines included"
+    if any(l.lstrip().startswith(('!', '%')) for l in source.split('\n')): return ['a shell or magic line (runs outside Python)']
+    try: tree = ast.parse(source)
+    except SyntaxError: return []   # it fails to run, and scores zero for that
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            found |= {n for n in names if n.split('.')[0] in ('subprocess', 'socket')}
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name): found.add(f'{node.value.id}.{node.attr}')
+        if isinstance(node, ast.Attribute) and node.attr in _FORBIDDEN_METHODS: found.add(f'.{node.attr}')
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'getattr' and not (
+                len(node.args) > 1 and isinstance(node.args[1], ast.Constant)): found.add('getattr')
+        elif isinstance(node, ast.Name): found.add(node.id)
+    hits = [k for k in _FORBIDDEN if k in found or any(f.startswith(k + '.') for f in found)]
+    return [f"{k.lstrip('.')} ({_FORBIDDEN[k]})" for k in hits if not (k.startswith('.') and f'os{k}' in hits)]
+
+# %% ../nbs/91_instructor.ipynb
+def _exercise_module(nb) -> str|None:
+    "The module a lab notebook exports (`#| default_exp`)"
+    return next((m.group(1) for c in nb.cells if c.cell_type == 'code' and (m := re.search(r'^#\|\s*default_exp\s+(\S+)', c.source, re.M))), None)
+
+def _is_import_cell(source:str) -> bool:
+    "Every statement of the cell an import"
+    try: body = ast.parse(source).body
+    except SyntaxError: return False
+    return bool(body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
+
+def grading_plan(nb, name:str) -> dict: # an instructor notebook and its file name
+    "What grading a submission of `nb` runs: setup code, exercise cell ids, checks (kind, source), by the student copy's ids"
+    student, _ = student_notebook(nb, name)
+    code = [c for c in nb.cells if c.cell_type == 'code']
+    setup = [c.source for c in code if _is_import_cell(c.source)]
+    if module := _exercise_module(nb): setup.append(f'from labkit.{module} import *')
+    ids = [s.id for s in student.cells if s.cell_type == 'code' and 'Your turn: write this part' in s.source]
+    checks = [('self-check', code[i + 1].source) for i, c in enumerate(code[:-1]) if solution_spans(c.source)[0]]
+    checks += [('hidden test', c.source) for c in code if 'hidden_test' in cell_directives(c.source)]
+    return {'setup': setup, 'exercises': ids, 'checks': checks,
+            'exercise_names': [sorted(defined_names(s.source)) for s in student.cells if s.id in ids]}
+
+# %% ../nbs/91_instructor.ipynb
+_GUARD = """import socket as _s
+_connect = _s.socket.connect
+def _loopback_only(self, address, *a):
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and self.family != _s.AF_UNIX and host not in ('127.0.0.1', '::1', 'localhost'):
+        raise PermissionError(f'no network while grading: connection to {host} refused')
+    return _connect(self, address, *a)
+_s.socket.connect = _loopback_only
+"""
+
+def _check_cell(kind:str, source:str, k:int, nonce:str) -> str:
+    "A check's source that prints `nonce` and its outcome as JSON on success"
+    if kind == 'hidden test': return source + f"\nprint({nonce!r}, __import__('json').dumps({{'check': {k}, 'ok': True, 'message': 'passed'}}))"
+    tree = ast.parse(_python_only(source))
+    *body, last = tree.body
+    head = ast.unparse(ast.Module(body, [])) if body else ''
+    return (f"{head}\n__labkit_r = ({ast.unparse(last)})\n"
+            f"print({nonce!r}, __import__('json').dumps({{'check': {k}, 'ok': bool(getattr(__labkit_r, 'ok', False)), "
+            f"'message': str(getattr(__labkit_r, 'message', __labkit_r))}}))")
+
+# %% ../nbs/91_instructor.ipynb
+def grading_notebook(plan:dict,      # from `grading_plan`
+                     submission,     # the student's notebook (nbformat node)
+                     nonce:str):     # random text marking the checks' outcomes
+    "The notebook that grades `submission`: setup, the student's exercise cells, the instructor's checks"
+    cells = {c.get('id'): c for c in submission.cells if c.cell_type == 'code'}
+    by_name = {n: c for c in submission.cells if c.cell_type == 'code' for n in defined_names(c.source)}
+    answers, problems = [], []
+    for cid, names in zip(plan['exercises'], plan['exercise_names']):
+        cell = cells.get(cid) or next((by_name[n] for n in names if n in by_name), None)
+        if cell is None: problems.append(f"exercise defining {', '.join(names) or cid} not found"); continue
+        if bad := forbidden_calls(cell.source): problems.append(f"cell {cid}: uses {', '.join(bad)}: not allowed in a submission")
+        answers.append(cell.source)
+    checks = [_check_cell(kind, src, k, nonce) for k, (kind, src) in enumerate(plan['checks'])]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [_GUARD, *plan['setup'], *answers, *checks]])
+    return nb, problems
+
+# %% ../nbs/91_instructor.ipynb
+def _outcomes(nb, nonce:str, plan:dict) -> list:
+    "[(kind, ok, message)] of every check of an executed grading notebook"
+    found, k0 = {}, len(nb.cells) - len(plan['checks'])
+    for k, cell in enumerate(nb.cells[k0:]):
+        for o in cell.get('outputs', []):
+            if o.get('output_type') == 'stream' and (m := re.search(rf'^{re.escape(nonce)} (.*)$', o.get('text', ''), re.M)):
+                r = json.loads(m.group(1)); found[r['check']] = (r['ok'], r['message'])
+            elif o.get('output_type') == 'error' and k not in found: found[k] = (False, f"{o['ename']}: {o['evalue']}"[:300])
+    return [(kind, *found.get(k, (False, 'did not run (an earlier cell stopped the kernel or the time ran out)')))
+            for k, (kind, _) in enumerate(plan['checks'])]
+
+def _grade_worker(work:str, timeout:float): # run inside the sandbox
+    "Execute the grading notebook read from stdin in a fresh kernel (cwd: `work`); the executed notebook to stdout"
+    import nbclient
+    result = os.fdopen(os.dup(1), 'w')             # not inherited: the kernel's own output never mixes in
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    nb = nbformat.read(sys.stdin, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name='python3', resources={'metadata': {'path': work}})
+    try: client.execute()
+    except Exception as e: nb.metadata['labkit_grading_error'] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    nbformat.write(nb, result); result.close()
+
+# %% ../nbs/91_instructor.ipynb
+_NOBODY = ('setpriv', '--reuid=65534', '--regid=65534', '--clear-groups')
+
+@functools.lru_cache(maxsize=None)
+def _sandbox_mode() -> tuple:
+    "(namespaces, nobody): as root, new network and mount namespaces work; user nobody can run this Python"
+    if os.geteuid() != 0 or not all(map(shutil.which, ('unshare', 'setpriv', 'ip', 'mount'))): return False, False
+    ok = lambda cmd: subprocess.run(cmd, capture_output=True, cwd='/').returncode == 0
+    spot = tempfile.mkdtemp()
+    try: ns = ok(['unshare', '-mn', 'sh', '-c', f'mount --make-rprivate / && mount -t tmpfs probe {spot} && ip link set lo up'])
+    finally: os.rmdir(spot)
+    probe = 'import subprocess, sys, labkit; subprocess.run([sys.executable, "-c", "pass"], check=True)'   # what nbclient does
+    return ns, ns and ok([*_NOBODY, sys.executable, '-c', probe])
+
+def sandbox_description() -> str:
+    "What the grading sandbox isolates on this machine"
+    ns, nobody = _sandbox_mode()
+    if not ns: return 'socket guard only (needs root for network and mount namespaces)'
+    return ('no network (unshare -n), SUBMISSIONS, OUT and the instructor notebooks hidden (mount namespace), socket guard, '
+            + ('user nobody' if nobody else f'same user (nobody cannot run {sys.executable})'))
+
+def _sandbox_prefix(hide:tuple=()) -> list: # folders the submission must not see
+    "Command prefix that runs a program in the sandbox, with `hide` covered by empty folders"
+    ns, nobody = _sandbox_mode()
+    if not ns: return []
+    mounts = ''.join(f'mount -t tmpfs -o size=1m labkit-hidden {shlex.quote(str(p))} && ' for p in hide if Path(p).is_dir())
+    return ['unshare', '-mn', 'sh', '-c', f'mount --make-rprivate / && {mounts}ip link set lo up && exec "$@"', 'sandbox',
+            *(_NOBODY if nobody else ())]
+
+def _run_sandboxed(nb, box:Path, timeout:float, hide:tuple=()):
+    "Execute grading notebook `nb` under the sandbox and time limit, in `box/work`: (executed notebook or None, why it stopped)"
+    prefix = _sandbox_prefix(hide)
+    code = f'from labkit.instructor import _grade_worker; _grade_worker({str(box/"work")!r}, {timeout!r})'
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('JUPYTER_', 'AWS_', 'GITHUB_'))}
+    env.update(HOME=str(box/'work'), JUPYTER_RUNTIME_DIR=str(box/'work'/'.runtime'), IPYTHONDIR=str(box/'work'/'.ipython'), MPLBACKEND='Agg')
+    proc = subprocess.Popen([*prefix, sys.executable, '-c', code], env=env, cwd=box/'work', start_new_session=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try: out, err = proc.communicate(nbformat.writes(nb).encode(), timeout=timeout + 30)
+    except subprocess.TimeoutExpired: return None, f"stopped: ran past the time limit of {timeout:.0f} s"
+    finally: stop_child(proc, grace=2)
+    try: return nbformat.reads(out.decode(), as_version=4), None
+    except Exception:
+        last = (err.decode(errors='replace').strip().splitlines() or ['no output'])[-1]
+        return None, f"the grader's kernel failed (exit {proc.returncode}): {last[:200]}"
+
+# %% ../nbs/91_instructor.ipynb
+def grade_submission(path,             # the submitted notebook
+                     plans:dict,       # {lab notebook name: grading_plan}
+                     timeout:float=120, # seconds for the whole submission
+                     hide:tuple=()):   # folders the submission must not see (the others, the instructor's)
+    "Score one submission in a sandbox: {'notebook', 'score', 'max', 'reason', 'checks': [(kind, ok, message)], 'seconds'}"
+    start, path = time.monotonic(), Path(path)
+    row = {'notebook': '', 'score': 0, 'max': 0, 'reason': '', 'checks': []}
+    try: sub = read_instructor_notebook(path)
+    except StudentCopyError as e: return row | {'reason': e.problems[0].split(': ', 1)[1], 'seconds': 0.0}
+    lab = sub.metadata.get('labkit', {}).get('source') if isinstance(sub.metadata.get('labkit'), dict) else None
+    lab = lab if lab in plans else path.name if path.name in plans else None
+    if lab is None: return row | {'reason': f"no lab of the course is named {path.name} (nor in its metadata.labkit.source)", 'seconds': 0.0}
+    plan, nonce = plans[lab], f'LABKIT-GRADE-{os.urandom(8).hex()}'
+    row.update(notebook=lab, max=len(plan['checks']))
+    nb, problems = grading_notebook(plan, sub, nonce)
+    if problems: return row | {'reason': '; '.join(problems), 'seconds': round(time.monotonic() - start, 2)}
+    box = Path(tempfile.mkdtemp(prefix='labkit-grade-'))
+    try:
+        (box/'work').mkdir()
+        if os.geteuid() == 0: os.chown(box/'work', 65534, 65534); os.chmod(box, 0o755)
+        done, stopped = _run_sandboxed(nb, box, timeout, hide)
+        checks = _outcomes(done, nonce, plan) if done else [(kind, False, 'not run') for kind, _ in plan['checks']]
+        reason = stopped or done.metadata.get('labkit_grading_error', '')
+        score = 0 if stopped else sum(ok for _, ok, _ in checks)
+    finally: shutil.rmtree(box, ignore_errors=True)
+    return row | {'score': score, 'reason': reason, 'checks': checks, 'seconds': round(time.monotonic() - start, 2)}
+
+# %% ../nbs/91_instructor.ipynb
+def _feedback(student:str, row:dict) -> str:
+    "The Markdown feedback of one graded submission"
+    lines = [f"# {row['notebook'] or 'submission'}: {student}", '', f"Score: **{row['score']} / {row['max']}**", '']
+    if row['reason']: lines += [f"Zero points or missing checks: {row['reason']}", '']
+    lines += [f"- {'✅' if ok else '❌'} {kind} {k + 1}: {msg}" for k, (kind, ok, msg) in enumerate(row['checks'])]
+    return '\n'.join(lines) + '\n'
+
+def _submissions(folder:Path) -> list:
+    "(student, path) of every notebook under `folder`: STUDENT/NOTEBOOK.ipynb or STUDENT.ipynb"
+    paths = sorted(p for p in folder.rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+    return [((p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else p.stem), p) for p in paths]
+
+def grade_folder(submissions,         # folder of submitted notebooks
+                 out,                 # where the gradebook and the feedback go (outside `submissions`)
+                 src_dir=None,        # the instructor notebooks (default: nbs/ of the repository)
+                 timeout:float=120):  # seconds per submission
+    "Grade every submission; writes OUT/gradebook.csv and OUT/feedback/*.md; returns the rows"
+    import csv, io
+    subs, out = Path(submissions).resolve(), Path(out).resolve()
+    if not subs.is_dir(): raise StudentCopyError([f"SUBMISSIONS {subs}: no such folder"])
+    if out == subs or subs in out.parents: raise StudentCopyError([f"OUT {out} lies in SUBMISSIONS {subs}: grading never writes into its input"])
+    src = Path(src_dir or repo_root()/'nbs')
+    plans = {p.name: grading_plan(read_instructor_notebook(p), p.name) for p in sorted(src.glob('*.ipynb'))}
+    rows, found = [], _submissions(subs)
+    out.mkdir(parents=True, exist_ok=True)
+    for student, path in found:
+        row = grade_submission(path, plans, timeout, hide=(subs, out, src.resolve())) | {'student': student, 'file': str(path.relative_to(subs))}
+        write_atomic(out/'feedback'/f"{student}--{path.stem}.md", _feedback(student, row)); rows.append(row)
+    text = io.StringIO(); w = csv.writer(text)
+    w.writerow(['student', 'file', 'notebook', 'score', 'max', 'seconds', 'reason'])
+    for r in rows: w.writerow([r['student'], r['file'], r['notebook'], r['score'], r['max'], r['seconds'], r['reason']])
+    write_atomic(out/'gradebook.csv', text.getvalue())
+    return rows
+
+# %% ../nbs/91_instructor.ipynb
 def _report_added(out_dir, found:dict):
     "Say what `add_student_copies` did, each changed notebook on a line of its own"
     for name, what in found.items():
@@ -393,6 +612,18 @@ def student_cli(src_dir:str,          # folder of instructor notebooks (e.g. nbs
         return 1
     for name, n in done.items(): print(f"{name}: {n} exercise(s) stubbed")
     print(f"{len(done)} notebooks written to {out_dir}")
+    return 0
+
+def grade_cli(submissions:str,        # folder of submitted notebooks (STUDENT/NN_lab.ipynb or STUDENT.ipynb)
+              out:str,                # where gradebook.csv and feedback/ go (outside SUBMISSIONS)
+              src_dir:str=None,       # the instructor notebooks (default: nbs/ of the repository)
+              timeout:float=120):     # seconds per submission
+    "Grade submitted notebooks in a sandbox: gradebook.csv and one feedback file per submission"
+    try: rows = grade_folder(submissions, out, src_dir, timeout)
+    except StudentCopyError as e:
+        print(f"labkit grade: nothing graded: {'; '.join(e.problems)}", file=sys.stderr); return 1
+    for r in rows: print(f"{r['student']}: {r['file']}: {r['score']}/{r['max']} in {r['seconds']:.1f} s" + (f" ({r['reason']})" if r['reason'] else ''))
+    print(f"{len(rows)} submission(s) graded ({sandbox_description()}): {Path(out)/'gradebook.csv'}")
     return 0
 
 def docs_cli(out_dir:str='_docs',          # where the site goes
