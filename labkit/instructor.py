@@ -413,7 +413,7 @@ def grading_plan(nb, name:str) -> dict: # an instructor notebook and its file na
     code = [c for c in nb.cells if c.cell_type == 'code']
     setup = [c.source for c in code if _is_import_cell(c.source)]
     if module := _exercise_module(nb): setup.append(f'from labkit.{module} import *')
-    ids = [s.id for s in student.cells if s.cell_type == 'code' and 'Your turn: write this part' in s.source]
+    ids = [s.id for s in student.cells if s.cell_type == 'code' and f'Your turn: write this part ({name})' in s.source]
     checks = [('self-check', code[i + 1].source) for i, c in enumerate(code[:-1]) if solution_spans(c.source)[0]]
     checks += [('hidden test', c.source) for c in code if 'hidden_test' in cell_directives(c.source)]
     return {'setup': setup, 'exercises': ids, 'checks': checks,
