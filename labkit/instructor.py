@@ -163,9 +163,15 @@ def student_notebook(nb,          # an instructor notebook (nbformat node)
         elif cell.cell_type == 'code' and used_names(cell.source) & tainted:
             tainted |= defined_names(cell.source)
             _clear(cell, raises=not used_names(cell.source) & checkers)
+        if cell.cell_type == 'code' and _directive_only(cell.source): cell.metadata['jupyter'] = {'source_hidden': True}
         cells.append(cell)
     nb.cells = cells
     return normalise_notebook(nb, where, kernel=STUDENT_KERNEL), count
+
+def _directive_only(source:str) -> bool:
+    "A cell of nbdev directives and nothing else (e.g. `#| default_exp core`): collapsed in student copies"
+    lines = [l for l in source.split('\n') if l.strip()]
+    return bool(lines) and all(l.startswith('#|') for l in lines)
 
 def student_copies(src_dir): # folder of instructor notebooks
     "{name: (student notebook, exercises)} for every notebook of `src_dir`, or a `StudentCopyError` listing every problem of all"

@@ -1,5 +1,5 @@
 "Student copies: no solution survives; self-checks fail helpfully on the stubs and pass on the solutions"
-import ast, re, subprocess
+import ast, os, re, subprocess
 from pathlib import Path
 import nbformat, pytest
 from conftest import labkit_cmd, REPO
@@ -87,6 +87,25 @@ def test_every_cell_reading_an_exercise_is_cleared_and_checker_tests_are_dropped
     for first in ('def mine(x):', 'check_mine(mine)', 'y = mine(3)', 'print(y + 1)'): assert by[first].outputs == [], first
     assert by['print("independent")'].outputs and by['import numpy as np'].outputs
     assert 'raises-exception' in by['y = mine(3)'].metadata.tags and 'tags' not in by['check_mine(mine)'].metadata
+
+def test_directive_only_cells_are_collapsed_for_students():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in ['#| default_exp lab', '#| export\nx = 1']])
+    copy, _ = student_notebook(nb, 'lab.ipynb')
+    assert copy.cells[0].metadata.jupyter.source_hidden and 'jupyter' not in copy.cells[1].metadata
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_normalising_a_copy_gives_nbformat_4_5_with_ids_that_nbdev_clean_keeps(tmp_path, path):
+    from labkit.instructor import normalise_notebook
+    nb = normalise_notebook(nbformat.read(path, as_version=4), path.name)
+    nbformat.validate(nb)
+    copy = tmp_path/path.name
+    nbformat.write(nb, copy)
+    r = subprocess.run([str(Path(os.sys.executable).parent/'nbdev_clean'), '--fname', str(copy)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    clean = nbformat.read(copy, as_version=4)
+    assert clean.nbformat_minor == 5 and [c.id for c in clean.cells] == [c.id for c in nb.cells]
+    assert clean.metadata.kernelspec.name == 'labkit'
+    assert path.read_bytes() != copy.read_bytes() or nb.nbformat_minor == 5   # the source itself is left alone
 
 def test_student_refuses_to_overwrite_sources():
     r = subprocess.run(labkit_cmd('student', REPO/'nbs', REPO/'nbs'), capture_output=True, text=True)
