@@ -372,6 +372,7 @@ def _texts(cell) -> str:
     return '\n'.join(o.get('text', '') + str(o.get('data', {}).get('text/plain', '')) + f"{o.get('ename', '')} {o.get('evalue', '')}"
                      for o in cell.get('outputs', []))
 
+@pytest.mark.timeout(3600)   # the first one waits for every copy to run (the fixture): minutes on two cores
 @pytest.mark.parametrize('name', [p.name for p in NOTEBOOKS])
 def test_student_copy_runs_to_the_end_and_earns_no_correct(executed, name):
     nb, error = executed[name]
