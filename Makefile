@@ -9,7 +9,7 @@ STUDENT_DIR ?= my-labs
 VERSION := $(shell sed -n 's/^version *= *//p' settings.ini)
 STAMP   := $(VENV)/.labkit-installed
 
-.PHONY: help setup lab instructor test check export docs readme student images clean
+.PHONY: help setup lab instructor test check export docs docs-instructor readme student images clean
 
 help:
 	@echo "make lab      set up .venv, add the missing student copies to $(STUDENT_DIR)/ (your work there is never overwritten)"
@@ -17,7 +17,8 @@ help:
 	@echo "make instructor  JupyterLab on nbs/, the instructor's notebooks with the solutions"
 	@echo "make test     set up .venv, run the tests and execute every notebook with nbval (fast mode)"
 	@echo "make check    labkit/ is what nbdev_export makes of nbs/, and the notebooks are clean"
-	@echo "make docs     build the docs site (_docs/) and README.md;   make student  student copies in _student/"
+	@echo "make docs     build the student docs site (_docs/, no solutions) and README.md; make docs-instructor: _docs_instructor/"
+	@echo "make student  student copies in _student/, to hand out"
 	@echo "make images   build the lab, yolo and serve Docker images (labkit-NAME:$(VERSION))"
 
 # one install of labkit with every lab's dependencies (settings.ini: requirements + extras `all` and `dev`)
@@ -56,6 +57,9 @@ export: setup
 docs: setup
 	$(VENV)/bin/labkit docs
 
+docs-instructor: setup
+	$(VENV)/bin/labkit docs --instructor
+
 student: setup
 	$(VENV)/bin/labkit student nbs _student
 
@@ -70,4 +74,4 @@ images:
 	$(BUILD) -f docker/serve/Dockerfile --build-arg VERSION=$(VERSION) -t labkit-serve:$(VERSION) -t labkit-serve:latest .
 
 clean:
-	rm -rf _docs _proc _student .pytest_cache nbs/_quarto.yml nbs/nbdev.yml nbs/sidebar.yml
+	rm -rf _docs _docs_instructor _proc _student .pytest_cache nbs/_quarto.yml nbs/nbdev.yml nbs/sidebar.yml
