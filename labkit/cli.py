@@ -36,6 +36,7 @@ COMMANDS = {
     'monitoring-stack': 'labkit.monitoring_stack:monitoring_stack_cli',
     'pipeline': 'labkit.cicd:pipeline_cli',
     'registry': 'labkit.cicd:registry_cli',
+    'grade':   'labkit.instructor:grade_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -62,6 +63,7 @@ EXAMPLES = {
     'monitoring-stack': 'labkit monitoring-stack --data runs/monitoring-stack --interval 1 --drill',
     'pipeline': 'labkit pipeline run --project salary --registry 127.0.0.1:5000',
     'registry': 'labkit registry --data runs/registry --port 5000',
+    'grade':   'labkit grade submissions grades --timeout 120'
 }
 
 # %% ../nbs/92_cli.ipynb

@@ -726,10 +726,29 @@ def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:in
     return History(rec['name'], rec['rows'], meta={'exit_codes': codes, 'pids': [p.pid for p in procs]})
 
 # %% ../nbs/06_federated.ipynb
+def _weighted_average_hint(got, weights, sizes) -> str:
+    "Which usual mistake gives `got` as the weighted average of `weights` by `sizes`"
+    W, n = [np.asarray(w, dtype=np.float64) for w in weights], np.asarray(sizes, dtype=np.float64)
+    try: g = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError): return f"Return one NumPy vector, not {type(got).__name__}."
+    if g.shape != W[0].shape: return f"Return one vector of shape {W[0].shape} (the clients' vectors combined), not shape {g.shape}."
+    weighted = sum(k * w for k, w in zip(n, W))
+    mistakes = [(sum(W) / len(W), 'That is the plain mean: weight each vector by sizes[k] / sum(sizes), not 1 / len(weights).'),
+                (weighted, 'The weighted sum is not divided: divide it by sum(sizes), so the shares add up to 1.'),
+                (weighted / len(W), 'Divide by the number of examples, sum(sizes), not by the number of clients.'),
+                (sum(w / k for k, w in zip(n, W)) / np.sum(1 / n), 'Weight by sizes[k], not by its inverse: more examples, more say.')]
+    for wrong, hint in mistakes:
+        if np.allclose(g, wrong, atol=1e-6): return hint
+    return 'average = sum over k of sizes[k] * weights[k], divided by sum(sizes), element by element.'
+
 def check_weighted_average(fn):
-    "Self-check of the weighted-average exercise"
+    "Self-check of the weighted-average exercise: names the mistake"
     cases = [(([np.array([0., 0.]), np.array([1., 2.])], [1, 1]), np.array([0.5, 1.])),
              (([np.array([0., 0.]), np.array([1., 2.])], [1, 3]), np.array([0.75, 1.5])),
              (([np.array([2., -2., 4.]), np.array([0., 2., 0.]), np.array([-1., 0., 1.])], [10, 30, 60]),
               np.array([-0.4, 0.4, 1.0]))]
-    return check_function(fn, cases, why='Weight each vector by sizes[k] / sum(sizes), not 1 / len(weights).', atol=1e-6)
+    for args, expected in cases:
+        r = check_function(fn, [(args, expected)], atol=1e-6)
+        if not r.ok and ' returned ' in r.message: return CheckResult(False, f"{r.message} {_weighted_average_hint(fn(*args), *args)}")
+        if not r.ok: return r
+    return CheckResult(True, f"correct: `{getattr(fn, '__name__', 'your function')}` passes {len(cases)} cases")

@@ -131,6 +131,7 @@ def _by_hand_hint(name, got, x, lo, hi) -> str:
         if not got_number.is_integer():
             extra = " (that is the slide's qmax - hi/scale, not rounded)" if np.isclose(got, _slide_zero_point(hi0, scale)) else ""
             return f"The zero point must be an integer{extra}: zero_point = qmin - round(lo / scale)."
+        if got == zero_point - 128: return "That is the int8 zero point (qmin = -128): this exercise is uint8, qmin = 0 and qmax = 255."
         if got == -zero_point: return "Sign: zero_point = qmin - round(lo / scale); with lo < 0 it is positive."
         if got == int(0 - np.trunc(lo0 / scale)): return "Round to the nearest integer: int() truncates toward zero."
         return "zero_point = qmin - round(lo / scale): the integer that real 0.0 maps to."
@@ -140,6 +141,7 @@ def _by_hand_hint(name, got, x, lo, hi) -> str:
         if np.array_equal(got, _slide_quantize(x, scale, zero_point)) or np.array_equal(got, np.clip(_slide_quantize(x, scale, zero_point), 0, 255)):
             return "The zero point is subtracted: that is the slide's sign error. q = round(x / scale) + zero_point."
         if np.array_equal(got, q_raw): return "Clamp to the uint8 range 0..255: values outside the calibrated range saturate."
+        if np.array_equal(got, np.clip(q_raw - 128, -128, 127)): return "Those are int8 levels (-128..127): this exercise is uint8, 0..255."
     return "q = clamp(round(x / scale) + zero_point, 0, 255), one integer per value of x."
 
 def _same(key, got, expected) -> bool:

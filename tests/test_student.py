@@ -1,10 +1,10 @@
 "Student copies: no solution survives; self-checks fail helpfully on the stubs and pass on the solutions"
-import ast, re, subprocess
+import ast, os, re, subprocess
 from pathlib import Path
 import nbformat, pytest
 from conftest import labkit_cmd, REPO
 from labkit.core import SOLUTION_BEGIN, SOLUTION_END, CheckResult
-from labkit.instructor import strip_solutions, solution_spans
+from labkit.instructor import strip_solutions, solution_spans, student_notebook, cell_directives, write_student_copies
 
 NOTEBOOKS = sorted((REPO/'nbs').glob('*.ipynb'))
 
@@ -55,15 +55,57 @@ def test_student_copies_hold_no_solution(tmp_path):
     assert r.returncode == 0, r.stderr
     for p in NOTEBOOKS:
         src, dst = nbformat.read(p, as_version=4), nbformat.read(out/p.name, as_version=4)
-        assert len(src.cells) == len(dst.cells)
-        for a, b in zip(src.cells, dst.cells):
+        assert dst.nbformat_minor == 5 and dst.metadata.kernelspec.name == 'labkit', p.name
+        kept = {c.source for c in dst.cells}
+        for a in src.cells:
             sols = _solutions(a.source) if a.cell_type == 'code' else []
-            if not sols:
-                assert a == b, f"{p.name}: a cell without a solution changed"
-                continue
-            for sol in sols: assert sol.strip() not in b.source
-            assert solution_spans(b.source) == ([], []) and 'NotImplementedError' in b.source
-            assert b.outputs == [] and b.execution_count is None
+            for sol in sols: assert sol.strip() not in dst_text(dst), f"{p.name}: a solution survives"
+            if a.cell_type == 'code' and 'hidden_test' in cell_directives(a.source): assert a.source not in kept, p.name
+        for b in dst.cells:
+            if b.cell_type == 'code': assert solution_spans(b.source) == ([], []), p.name
+        stubs = [b for b in dst.cells if f'Your turn: write this part ({p.name})' in b.source]
+        assert len(stubs) == len(_exercises(src)), p.name
+        for b in stubs: assert b.outputs == [] and b.execution_count is None
+
+def dst_text(nb) -> str:
+    return '\n'.join(c.source for c in nb.cells)
+
+def test_every_cell_reading_an_exercise_is_cleared_and_checker_tests_are_dropped(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [
+        'import numpy as np',
+        f'def mine(x):\n    {SOLUTION_BEGIN}\n    return 2 * x\n    {SOLUTION_END}',
+        'check_mine(mine)',
+        'y = mine(3)',
+        'print(y + 1)',
+        'print("independent")',
+        '#| hide\ncheck_mine(lambda x: x)',
+        '#| hidden_test\nassert mine(4) == 8']])
+    for c in nb.cells: c.outputs = [nbformat.v4.new_output('stream', text='✅ correct')]
+    copy, n = student_notebook(nb, 'lab.ipynb')
+    by = {c.source.split('\n')[0]: c for c in copy.cells}
+    assert n == 1 and len(copy.cells) == 6
+    for first in ('def mine(x):', 'check_mine(mine)', 'y = mine(3)', 'print(y + 1)'): assert by[first].outputs == [], first
+    assert by['print("independent")'].outputs and by['import numpy as np'].outputs
+    assert 'raises-exception' in by['y = mine(3)'].metadata.tags and 'tags' not in by['check_mine(mine)'].metadata
+
+def test_directive_only_cells_are_collapsed_for_students():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in ['#| default_exp lab', '#| export\nx = 1']])
+    copy, _ = student_notebook(nb, 'lab.ipynb')
+    assert copy.cells[0].metadata.jupyter.source_hidden and 'jupyter' not in copy.cells[1].metadata
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_normalising_a_copy_gives_nbformat_4_5_with_ids_that_nbdev_clean_keeps(tmp_path, path):
+    from labkit.instructor import normalise_notebook
+    nb = normalise_notebook(nbformat.read(path, as_version=4), path.name)
+    nbformat.validate(nb)
+    copy = tmp_path/path.name
+    nbformat.write(nb, copy)
+    r = subprocess.run([str(Path(os.sys.executable).parent/'nbdev_clean'), '--fname', str(copy)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    clean = nbformat.read(copy, as_version=4)
+    assert clean.nbformat_minor == 5 and [c.id for c in clean.cells] == [c.id for c in nb.cells]
+    assert clean.metadata.kernelspec.name == 'labkit'
+    assert path.read_bytes() != copy.read_bytes() or nb.nbformat_minor == 5   # the source itself is left alone
 
 def test_student_refuses_to_overwrite_sources():
     r = subprocess.run(labkit_cmd('student', REPO/'nbs', REPO/'nbs'), capture_output=True, text=True)
@@ -296,3 +338,54 @@ def test_fuzz_markers_give_a_clean_copy_or_a_clear_error(tmp_path_factory, cells
         assert sorted(p.name for p in out.iterdir()) == ['lab.ipynb']
     assert _snapshot(src) == source_before
     assert sorted(p.name for p in tmp.iterdir()) == ['nbs', 'student']
+
+
+# --- Every student copy executed, once, in fast mode ------------------------------------------------------------
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+def _execute(path):
+    "Run a student copy in a fresh kernel, cwd its folder: (executed notebook, error or None)"
+    import nbclient
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    try: client.execute(); return nb, None
+    except Exception as e: return nb, f"{type(e).__name__}: {str(e)[-1500:]}"
+
+@pytest.fixture(scope='module')
+def executed(tmp_path_factory):
+    "{name: (executed student copy, error)}: every copy run once, two at a time (nbclient kernels, fast mode)"
+    out = tmp_path_factory.mktemp('run')/'student'
+    write_student_copies(REPO/'nbs', out)
+    saved = {k: os.environ.get(k) for k in ('LABKIT_FAST', 'LABKIT_DATA')}
+    os.environ.update(LABKIT_FAST='1', LABKIT_DATA=str(REPO/'data'))
+    try:
+        with ThreadPoolExecutor(2) as pool: runs = dict(zip([p.name for p in NOTEBOOKS], pool.map(_execute, [out/p.name for p in NOTEBOOKS])))
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    return runs
+
+def _texts(cell) -> str:
+    return '\n'.join(o.get('text', '') + str(o.get('data', {}).get('text/plain', '')) + f"{o.get('ename', '')} {o.get('evalue', '')}"
+                     for o in cell.get('outputs', []))
+
+@pytest.mark.timeout(3600)   # the first one waits for every copy to run (the fixture): minutes on two cores
+@pytest.mark.course_run
+@pytest.mark.parametrize('name', [p.name for p in NOTEBOOKS])
+def test_student_copy_runs_to_the_end_and_earns_no_correct(executed, name):
+    nb, error = executed[name]
+    assert error is None, f"{name} stopped: {error}"
+    code = [c for c in nb.cells if c.cell_type == 'code']
+    assert all(c.execution_count is not None for c in code), f"{name}: not every cell ran"
+    for c in code:
+        text = _texts(c)
+        assert '✅ correct' not in text, f"{name}: a self-check says correct on the stub: {c.source[:80]!r}"
+        if any(o.get('output_type') == 'error' for o in c.outputs):
+            assert 'raises-exception' in c.metadata.get('tags', []) and 'NotImplementedError' in text, (name, c.source[:80], text[-300:])
+    stubs = [i for i, c in enumerate(code) if f'Your turn: write this part ({name})' in c.source]
+    for i in stubs:
+        check = next((c for c in code[i + 1:] if 'check_' in c.source), None)
+        assert check is not None and 'not written yet' in _texts(check), f"{name}: the self-check after the stub does not say 'not written yet'"

@@ -35,6 +35,18 @@ else
   url_token='<your JUPYTER_TOKEN>'
 fi
 export JUPYTER_TOKEN
-echo "labkit lab ${LABKIT_VERSION:-}: open http://127.0.0.1:${JUPYTER_PORT:-8888}/lab?token=${url_token}" >&2
 
-exec jupyter lab --no-browser --ServerApp.ip="${JUPYTER_IP:-0.0.0.0}" --ServerApp.root_dir="${HOME}" "$@"
+# Students by default: JupyterLab serves work/ (a fresh folder when work/ is not writable); its labs/ holds the
+# student's own copies of the course notebooks (in the mounted folder, so the work outlives the container):
+# existing notebooks there are never overwritten, missing ones are added.
+# LABKIT_AUDIENCE=instructor serves the home folder with the course notebooks, solutions included.
+case "${LABKIT_AUDIENCE:-student}" in
+  student)
+    if [ -d "${HOME}/work" ] && [ -w "${HOME}/work/" ]; then root_dir=${HOME}/work; else root_dir=$(mktemp -d /tmp/lab-work.XXXXXX); fi
+    labkit student "${HOME}/labs" "${root_dir}/labs" --keep-work >&2;;
+  instructor) root_dir=${HOME};;
+  *) echo "labkit: LABKIT_AUDIENCE must be student or instructor, not ${LABKIT_AUDIENCE}" >&2; exit 2;;
+esac
+echo "labkit lab ${LABKIT_VERSION:-} (${LABKIT_AUDIENCE:-student}): open http://127.0.0.1:${JUPYTER_PORT:-8888}/lab?token=${url_token}" >&2
+
+exec jupyter lab --no-browser --ServerApp.ip="${JUPYTER_IP:-0.0.0.0}" --ServerApp.root_dir="${root_dir}" "$@"

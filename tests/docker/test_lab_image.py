@@ -96,7 +96,7 @@ def test_token_is_required(lab):
     assert wait_for(lambda: answers(lab.url + '/api'), 60), logs(lab.name)[-3000:]
     assert http(lab.url + '/api/status')[0] == 403
     assert http(lab.url + '/api/status', token='not-the-token')[0] == 403
-    assert http(lab.url + '/api/contents/work')[0] == 403
+    assert http(lab.url + '/api/contents/labs')[0] == 403
     assert http(lab.url + '/api/status', token=lab.token)[0] == 200
     assert http(f'{lab.url}/api/status?token={lab.token}')[0] == 200
     status, body = http(lab.url + '/api')           # open without the token: the server's version, nothing else
@@ -104,14 +104,17 @@ def test_token_is_required(lab):
 
 def test_mounted_folder_is_written_as_the_host_user(lab):
     assert wait_for(lambda: answers(lab.url + '/api'), 60)
-    status, body = http(lab.url + '/api/contents/work/hello.txt', lab.token, 'PUT',
+    status, body = http(lab.url + '/api/contents/hello.txt', lab.token, 'PUT',
                         {'type': 'file', 'format': 'text', 'content': 'written by the notebook user\n'})
     assert status == 201, body
     made = lab.work/'hello.txt'
     assert made.read_text() == 'written by the notebook user\n'
     assert (made.stat().st_uid, made.stat().st_gid) == HOST_USER
-    status, body = http(lab.url + '/api/contents/labs', lab.token)      # the course notebooks are there to open
+    status, body = http(lab.url + '/api/contents/labs', lab.token)      # the student copies are there to open
     assert status == 200 and '00_core.ipynb' in {c['name'] for c in json.loads(body)['content']}
+    status, body = http(lab.url + '/api/contents/labs/00_core.ipynb', lab.token)
+    assert status == 200 and '### BEGIN SOLUTION' not in body and 'NotImplementedError' in body
+    assert (lab.work/'labs'/'00_core.ipynb').exists()                   # in the mounted folder: the work outlives the container
 
 def test_default_user_writes_a_folder_owned_by_uid_1000(lab_image, tmp_path):
     if os.getuid() not in (0, IMAGE_UID): pytest.skip(f'needs a folder owned by uid {IMAGE_UID}: run as root or as uid {IMAGE_UID}')
