@@ -172,6 +172,14 @@ def test_image_is_configured_as_documented(lab_image):
                        check=False).stdout.split()
     assert leftovers == [], f"caches or build tools left in the image: {leftovers}"
 
+def test_the_notebooks_kernel_is_offered(lab):
+    "Student copies name the Python (labkit) kernel: the server must offer it, or every notebook asks for one"
+    assert wait_for(lambda: answers(lab.url + '/api'), 60)
+    status, body = http(lab.url + '/api/kernelspecs', lab.token)
+    specs = json.loads(body)['kernelspecs'] if status == 200 else {}
+    assert 'labkit' in specs, f"{status}: {body[:500]}"
+    assert specs['labkit']['spec']['display_name'] == 'Python (labkit)'
+
 def test_token_is_generated_when_none_is_set(lab_image):
     name, port = f'labkit-lab-token-{uuid.uuid4().hex[:8]}', free_port()
     docker('run', '-d', '--name', name, '--network', 'host', '-e', f'JUPYTER_PORT={port}', '-e', 'JUPYTER_IP=127.0.0.1',
