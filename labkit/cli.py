@@ -26,6 +26,7 @@ COMMANDS = {
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
+    'tracking-server': 'labkit.model_management:tracking_server_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -42,6 +43,7 @@ EXAMPLES = {
     'fl-server': 'labkit fl-server --rounds 3 --clients 2 --partition dirichlet --out runs/fl.json',
     'fl-client': 'labkit fl-client 0 --clients 2 --partition dirichlet',
     'monitor': 'labkit monitor logs reference.csv --port 9108 --labels labels.csv',
+    'tracking-server': 'labkit tracking-server --data mlflow-server --port 5000',
 }
 
 # %% ../nbs/92_cli.ipynb
