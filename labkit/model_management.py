@@ -4,17 +4,18 @@
 
 # %% auto 0
 __all__ = ['MLFLOW_QUIET', 'PROPERTY_FEATURES', 'PROPERTY_TARGET', 'DATA_SOURCE', 'SKOPS_TRUSTED', 'INTENDED_USE', 'LIMITATIONS',
-           'PG_BIN', 'use_store', 'store_root', 'TrackingUnavailable', 'use_tracking', 'make_properties', 'git_commit',
-           'experiment_id', 'fit_forest', 'regression_metrics', 'track_run', 'sweep', 'best_run', 'ArtifactMismatch',
-           'ModelRetired', 'ModelNotFound', 'tree_sha256', 'register_run_model', 'register_folder', 'resolve',
-           'fetch_version', 'load_forest', 'behaviour_checks', 'GateDecision', 'promotion_gate', 'append_event',
-           'read_events', 'PromotionRefused', 'Lifecycle', 'model_card', 'register_concurrently', 'RegistryUnavailable',
-           'RegistrySource', 'parse_model_uri', 'follow_alias', 'reload_on_sighup', 'create_registry_app',
-           'register_salary_model', 'init_postgres', 'TrackingServer', 'tracking_server_cli', 'check_gate',
-           'check_best_run']
+           'PG_BIN', 'DVC_QUIET', 'use_store', 'store_root', 'TrackingUnavailable', 'use_tracking', 'make_properties',
+           'git_commit', 'experiment_id', 'fit_forest', 'regression_metrics', 'track_run', 'sweep', 'best_run',
+           'ArtifactMismatch', 'ModelRetired', 'ModelNotFound', 'tree_sha256', 'register_run_model', 'register_folder',
+           'resolve', 'fetch_version', 'load_forest', 'behaviour_checks', 'GateDecision', 'promotion_gate',
+           'append_event', 'read_events', 'PromotionRefused', 'Lifecycle', 'model_card', 'register_concurrently',
+           'RegistryUnavailable', 'RegistrySource', 'parse_model_uri', 'follow_alias', 'reload_on_sighup',
+           'create_registry_app', 'register_salary_model', 'init_postgres', 'TrackingServer', 'tracking_server_cli',
+           'dvc_repo', 'dvc_demo', 'check_gate', 'check_best_run']
 
 # %% ../nbs/10_model_management.ipynb
 import fcntl, getpass, hashlib, itertools, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from .core import *
-from .serving import frame_sha256, ModelRejected, MODEL_FILE, MODEL_NAME, load_model, save_model, create_app
+from .serving import frame_sha256, PolicyError, ModelRejected, MODEL_FILE, MODEL_NAME, load_model, save_model, create_app
 from .serving import _check_admin, _json, _Rejected, _problem
 
 # %% ../nbs/10_model_management.ipynb
@@ -38,7 +39,9 @@ def _mlflow():
 def use_store(root) -> str:  # folder of the embedded store (created)
     "Point MLflow at an embedded store in `root`: a SQLite database and an artifact folder, no server; the tracking URI"
     root = Path(root).resolve(); root.mkdir(parents=True, exist_ok=True)
-    return use_tracking(f"sqlite:///{root/'mlflow.db'}")
+    uri = use_tracking(f"sqlite:///{root/'mlflow.db'}")
+    _mlflow().MlflowClient().search_experiments(max_results=1)   # creates the tables now: two first writers would race
+    return uri
 
 def store_root(uri:str=None) -> Path|None:
     "The folder of the embedded store a `sqlite:///` tracking URI names (None for a server)"
@@ -49,7 +52,7 @@ def store_root(uri:str=None) -> Path|None:
 class TrackingUnavailable(ConnectionError):
     "The tracking server does not answer; the message names its URI and how to start one"
 
-def _server_answers(uri:str, timeout:float=3.0) -> bool:
+def _server_answers(uri:str, timeout:float=10.0) -> bool:
     import urllib.request, urllib.error
     try: urllib.request.urlopen(uri.rstrip('/') + '/health', timeout=timeout).read(); return True
     except (OSError, urllib.error.URLError): return False
@@ -139,8 +142,7 @@ def track_run(train:pd.DataFrame,             # training rows
               autolog:bool=True) -> str:      # sklearn autologging of parameters and training metrics
     "Train a random forest in a tracked run: params, metrics, data digest, git commit, plot and model; the run id"
     mlflow = _mlflow()
-    _set_autolog(autolog)
-    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name) as run:
+    with _autologging(autolog), mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name) as run:
         mlflow.set_tags({'data_sha256': frame_sha256(train), 'test_sha256': frame_sha256(test),
                          'git_commit': git_commit() or 'none', 'data_source': DATA_SOURCE})
         mlflow.log_input(mlflow.data.from_pandas(train, name='properties', targets=PROPERTY_TARGET), context='training')
@@ -154,14 +156,17 @@ def track_run(train:pd.DataFrame,             # training rows
         mlflow.set_tag('model_uri', info.model_uri)
     return run.info.run_id
 
-def _set_autolog(on:bool):
-    "Turn sklearn autologging on or off (patching costs a second: only when it changes)"
-    if _AUTOLOG.get('on') is not on:
-        import warnings
-        warnings.filterwarnings('ignore', message='Hint: Inferred schema contains integer', module='mlflow')
-        _mlflow().sklearn.autolog(log_models=False, log_datasets=False, silent=True, disable=not on)
-        _AUTOLOG['on'] = on
-_AUTOLOG = {}
+@contextmanager
+def _autologging(on:bool):
+    "sklearn autologging inside the block only: a `fit` elsewhere must not start runs of its own"
+    import warnings
+    mlflow = _mlflow()
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Hint: Inferred schema contains integer')
+        if on: mlflow.sklearn.autolog(log_models=False, log_datasets=False, silent=True)
+        try: yield
+        finally:
+            if on: mlflow.sklearn.autolog(disable=True, silent=True)
 
 def _sklearn_version() -> str:
     import sklearn
@@ -486,6 +491,9 @@ def follow_alias(app) -> dict:  # an app of `create_registry_app`
     "Point the app's live version at what its alias names now (loaded and verified before the switch)"
     state, source = app.extensions['labkit_serving'], app.extensions['labkit_registry_source']
     version = source.latest()
+    mv = resolve(source.name, version[1:])   # asked again: a version loaded earlier may have been retired since
+    if mv.tags.get('archived') == 'true':
+        raise ModelRetired(f"{source.name} version {mv.version} was retired ({mv.tags.get('archived_why', '')}): refusing to serve it")
     source.get(version)
     policy = state.router.set_policy({'live': version})
     return {'model': source.name, 'alias': source.alias, 'live': policy.live}
@@ -511,7 +519,7 @@ def create_registry_app(model_uri:str=None,    # 'models:/NAME@ALIAS'; default `
         _check_admin(state)
         try: out = follow_alias(app)
         except ModelNotFound as e: raise _Rejected(404, [_problem('model', str(e))], 'not found') from None
-        except ModelRejected as e: raise _Rejected(409, [_problem('model', str(e))], 'refused') from None
+        except (ModelRejected, PolicyError) as e: raise _Rejected(409, [_problem('model', str(e))], 'refused') from None
         except RegistryUnavailable as e: raise _Rejected(503, [_problem('(registry)', str(e))], 'registry unavailable') from None
         return _json(out)
     return app
@@ -586,7 +594,13 @@ def __enter__(self:TrackingServer):
                artifacts, '--host', '127.0.0.1', '--port', '{port}', '--workers', '1']
         self.mlflow = LocalService('mlflow server', cmd, self.data/'mlflow', port=self.port, env=MLFLOW_QUIET,
                                    startup_timeout=self.startup_timeout).start()
-    except BaseException: self.stop_postgres(); raise
+        end = time.monotonic() + self.startup_timeout   # it listens before its app is ready
+        while not _server_answers(self.url):
+            if time.monotonic() > end: raise ServiceUnavailable(f"mlflow server on {self.url} listens but /health does not answer; log: {self.mlflow.log}")
+            time.sleep(0.5)
+    except BaseException:
+        if self.mlflow: self.mlflow.stop()
+        self.stop_postgres(); raise
     return self
 
 @patch
@@ -610,6 +624,74 @@ def tracking_server_cli(data:str='mlflow-server',  # data folder: PostgreSQL clu
             raise SystemExit(f"labkit tracking-server: a service exited; logs in {server.data}/service.log and {server.data}/mlflow/service.log")
     except ServiceUnavailable as e: raise SystemExit(f"labkit tracking-server: {e}") from None
     except KeyboardInterrupt: return 0
+
+# %% ../nbs/10_model_management.ipynb
+DVC_QUIET = {'DVC_NO_ANALYTICS': '1', 'DVC_NO_UPDATER': '1', 'GIT_AUTHOR_NAME': 'labkit', 'GIT_AUTHOR_EMAIL': 'lab@example.org',
+             'GIT_COMMITTER_NAME': 'labkit', 'GIT_COMMITTER_EMAIL': 'lab@example.org'}
+
+_STAGES = {   # each stage imports only pandas, PyYAML and scikit-learn: DVC starts a fresh Python for each
+ 'prepare.py': "import pandas as pd\ndf = pd.read_csv('data/homes.csv')\ndf[df.area_m2 < 350].to_csv('prepared.csv', index=False)\n",
+ 'train.py': ("import pickle, yaml, pandas as pd\nfrom sklearn.ensemble import RandomForestRegressor\n"
+              "p, df = yaml.safe_load(open('params.yaml'))['train'], pd.read_csv('prepared.csv')\ndf = df.iloc[:int(len(df) * 0.75)]\n"
+              "rf = RandomForestRegressor(n_estimators=p['n_estimators'], max_depth=p['max_depth'], random_state=0, n_jobs=1)\n"
+              "rf.fit(df.drop(columns='value_k'), df['value_k'])\nopen('model.pkl', 'wb').write(pickle.dumps(rf, protocol=5))\n"),
+ 'evaluate.py': ("import json, pickle, numpy as np, pandas as pd\ndf = pd.read_csv('prepared.csv')\ndf = df.iloc[int(len(df) * 0.75):]\n"
+                 "err = pickle.loads(open('model.pkl', 'rb').read()).predict(df.drop(columns='value_k')) - df['value_k']\n"
+                 "json.dump({'rmse': round(float(np.sqrt((err**2).mean())), 4), 'mae': round(float(err.abs().mean()), 4)}, open('metrics.json', 'w'))\n"),
+ 'dvc.yaml': ("stages:\n  prepare:\n    cmd: python prepare.py\n    deps: [data/homes.csv, prepare.py]\n    outs: [prepared.csv]\n"
+              "  train:\n    cmd: python train.py\n    deps: [prepared.csv, train.py]\n    params: [train.n_estimators, train.max_depth]\n    outs: [model.pkl]\n"
+              "  evaluate:\n    cmd: python evaluate.py\n    deps: [model.pkl, prepared.csv, evaluate.py]\n    metrics:\n      - metrics.json:\n          cache: false\n")}
+
+def _sh(repo, *cmd, timeout:float=300) -> str:
+    "Run a git or dvc command in the repository; its output, or RuntimeError with the command and its error"
+    import labkit
+    exe = Path(sys.executable).parent/cmd[0]
+    env = {**os.environ, **DVC_QUIET, 'PYTHONPATH': os.pathsep.join([str(Path(labkit.__file__).parent.parent), os.environ.get('PYTHONPATH', '')]),
+           'PATH': os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])}
+    r = subprocess.run([str(exe) if exe.exists() else cmd[0], *cmd[1:]], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if r.returncode: raise RuntimeError(f"`{' '.join(cmd)}` failed in {repo}: {(r.stderr or r.stdout).strip()[-800:]}")
+    return r.stdout + r.stderr
+
+# %% ../nbs/10_model_management.ipynb
+def _params(repo, n_estimators, max_depth): (Path(repo)/'params.yaml').write_text(f"train:\n  n_estimators: {n_estimators}\n  max_depth: {max_depth}\n")
+
+def _ran(out:str) -> list:
+    "The stages a `dvc repro` output says it ran"
+    return re.findall(r"Running stage '([^']+)'", out)
+
+def dvc_repo(folder, n:int=400) -> Path:  # folder to create the repository in (must not exist yet)
+    "A git + DVC repository: data tracked with `dvc add`, a local remote, the prepare -> train -> evaluate pipeline"
+    repo = Path(folder); repo.mkdir(parents=True)
+    _sh(repo, 'git', 'init', '-q'); _sh(repo, 'dvc', 'init', '-q')   # DVC_NO_ANALYTICS: nothing sent
+    _sh(repo, 'dvc', 'remote', 'add', '-d', 'local', str(repo.parent/f'{repo.name}-remote'))
+    (repo/'data').mkdir(); make_properties(n, seed=0).to_csv(repo/'data'/'homes.csv', index=False)
+    for name, text in _STAGES.items(): (repo/name).write_text(text)
+    _params(repo, 20, 6)
+    _sh(repo, 'dvc', 'add', '-q', 'data/homes.csv')
+    _sh(repo, 'git', 'add', '.'); _sh(repo, 'git', 'commit', '-qm', 'data v1 and the pipeline')
+    return repo
+
+# %% ../nbs/10_model_management.ipynb
+def dvc_demo(folder, n:int=400) -> dict:  # a new folder for the repository; rows of data
+    "Repro, a parameter change, params/metrics diff, a new data version, then the first model's commit checked out and retrained"
+    repo, out = dvc_repo(folder, n), {}
+    out['first_repro'] = _ran(_sh(repo, 'dvc', 'repro'))
+    _sh(repo, 'git', 'add', '.'); _sh(repo, 'git', 'commit', '-qm', 'first model'); _sh(repo, 'dvc', 'push', '-q')
+    out['model_v1_sha256'] = sha256_file(repo/'model.pkl')
+    _params(repo, 40, 8)
+    out['after_param_change'] = _ran(_sh(repo, 'dvc', 'repro'))
+    _sh(repo, 'git', 'add', '.'); _sh(repo, 'git', 'commit', '-qm', 'more trees')
+    out['params_diff'] = json.loads(_sh(repo, 'dvc', 'params', 'diff', 'HEAD~1', '--json') or '{}')
+    out['metrics_diff'] = json.loads(_sh(repo, 'dvc', 'metrics', 'diff', 'HEAD~1', '--json') or '{}')
+    out['unchanged_repro'] = _ran(_sh(repo, 'dvc', 'repro'))
+    make_properties(n, seed=1).to_csv(repo/'data'/'homes.csv', index=False); _sh(repo, 'dvc', 'add', '-q', 'data/homes.csv')
+    out['after_new_data'] = _ran(_sh(repo, 'dvc', 'repro'))
+    _sh(repo, 'git', 'add', '.'); _sh(repo, 'git', 'commit', '-qm', 'data v2')
+    _sh(repo, 'git', 'checkout', '-q', 'HEAD~2'); _sh(repo, 'dvc', 'checkout', '-q')   # the first model's code, params and data
+    out['model_checked_out_sha256'] = sha256_file(repo/'model.pkl')
+    (repo/'model.pkl').unlink(); _sh(repo, 'dvc', 'repro', '--force', 'train')          # and retrained from them
+    out['model_retrained_sha256'] = sha256_file(repo/'model.pkl')
+    return out
 
 # %% ../nbs/10_model_management.ipynb
 def check_gate(fn):

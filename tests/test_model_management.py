@@ -1,5 +1,5 @@
 "Model management: tracking in an embedded store, the registry's checks, the lifecycle, and serving models:/NAME@ALIAS"
-import http.client, json, os, signal, threading, time
+import http.client, json, os, shutil, signal, threading, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -8,17 +8,27 @@ from labkit.model_management import (ArtifactMismatch, Lifecycle, ModelNotFound,
                                      TrackingUnavailable, behaviour_checks, best_run, check_best_run, check_gate,
                                      create_registry_app, fetch_version, make_properties, parse_model_uri,
                                      read_events, register_concurrently, register_folder, register_salary_model,
-                                     reload_on_sighup, resolve, track_run, use_store, use_tracking, _client)
+                                     reload_on_sighup, resolve, track_run, use_store, use_tracking, _client, _mlflow)
 from labkit.serving import MODEL_NAME, http_call, make_hiring, split_hiring, train_salary_model
 from conftest import free_port
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
 
+@pytest.fixture(scope='session')
+def empty_store(tmp_path_factory):
+    "An empty embedded store, its tables created once (that takes seconds); each test gets a copy"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('MLFLOW_TRACKING_URI', 'sqlite:///unset.db')
+        root = tmp_path_factory.mktemp('template')
+        use_store(root)
+    return root/'mlflow.db'
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_store):
     "An embedded MLflow store of its own (the environment restored afterwards)"
     monkeypatch.setenv('MLFLOW_TRACKING_URI', 'sqlite:///unset.db')
-    use_store(tmp_path/'runs')
+    (tmp_path/'runs').mkdir(); shutil.copy(empty_store, tmp_path/'runs'/'mlflow.db')
+    use_tracking(f"sqlite:///{tmp_path/'runs'/'mlflow.db'}")
     return tmp_path/'runs'
 
 def test_tracking_records_params_metrics_digest_and_commit(store):
@@ -33,6 +43,16 @@ def test_tracking_records_params_metrics_digest_and_commit(store):
     assert {'pred_vs_actual.png', 'feature_importances.json'} <= artifacts
     rmse = {i: _client().get_run(i).data.metrics['test_rmse'] for i in ids}
     assert best_run()['run_id'] == min(rmse, key=rmse.get)
+
+def test_autologging_stays_inside_tracked_runs(store, tmp_path, monkeypatch):
+    "A fit outside `track_run` (the serving lab's linear model) starts no run and writes no ./mlruns"
+    from sklearn.linear_model import LinearRegression
+    homes = make_properties(100)
+    track_run(homes.iloc[:80], homes.iloc[80:], {'n_estimators': 3})
+    monkeypatch.chdir(tmp_path)
+    LinearRegression().fit(np.arange(10.0).reshape(-1, 1), np.arange(10.0))
+    assert not (tmp_path/'mlruns').exists()
+    assert _mlflow().search_runs(experiment_ids=['0']).empty
 
 def test_unreachable_server_names_the_uri_and_how_to_start_one():
     uri = f'http://127.0.0.1:{free_port()}'
@@ -167,3 +187,14 @@ def test_served_alias_switch_with_requests_in_flight(store):
 
 def test_unknown_model_or_alias_is_refused_at_start(store):
     with pytest.raises(ModelNotFound, match="no registered model 'nobody'"): create_registry_app('models:/nobody@champion')
+
+def test_dvc_pipeline_reruns_what_changed_and_reproduces_the_model_bit_for_bit(tmp_path):
+    from labkit.model_management import dvc_demo
+    shown = dvc_demo(tmp_path/'repo', n=300)
+    assert shown['first_repro'] == ['prepare', 'train', 'evaluate']
+    assert shown['after_param_change'] == ['train', 'evaluate']        # the data did not change: prepare is skipped
+    assert shown['unchanged_repro'] == []
+    assert shown['after_new_data'] == ['prepare', 'train', 'evaluate']
+    assert shown['params_diff']['params.yaml']['train.n_estimators'] == {'old': 20, 'new': 40}
+    assert 'rmse' in shown['metrics_diff']['metrics.json']
+    assert shown['model_v1_sha256'] == shown['model_checked_out_sha256'] == shown['model_retrained_sha256']
