@@ -580,7 +580,12 @@ class TrackingServer:
                                      startup_timeout=self.startup_timeout).start()
         return self.postgres
 
-    def stop_postgres(self): self.postgres.stop()
+    def stop_postgres(self):
+        "Stop PostgreSQL: a fast shutdown (clients disconnected, data consistent), then its process group"
+        if self.postgres and self.postgres.proc and self.postgres.proc.poll() is None:
+            subprocess.run(_as_postgres([_pg_program('pg_ctl'), 'stop', '-D', self.data/'pg', '-m', 'fast', '-w', '-t', '60']),
+                           capture_output=True, timeout=90)
+        if self.postgres: self.postgres.stop()
 
 # %% ../nbs/10_model_management.ipynb
 @patch
@@ -606,7 +611,7 @@ def __enter__(self:TrackingServer):
 @patch
 def __exit__(self:TrackingServer, *exc):
     if self.mlflow: self.mlflow.stop()   # first: it holds connections that PostgreSQL would wait for
-    if self.postgres: self.postgres.stop()
+    self.stop_postgres()
 
 @patch
 def __repr__(self:TrackingServer): return f"TrackingServer({self.url}, data={str(self.data)!r})"

@@ -188,6 +188,7 @@ def test_served_alias_switch_with_requests_in_flight(store):
 def test_unknown_model_or_alias_is_refused_at_start(store):
     with pytest.raises(ModelNotFound, match="no registered model 'nobody'"): create_registry_app('models:/nobody@champion')
 
+@pytest.mark.timeout(900)   # about twenty git and DVC commands, each a fresh Python
 def test_dvc_pipeline_reruns_what_changed_and_reproduces_the_model_bit_for_bit(tmp_path):
     from labkit.model_management import dvc_demo
     shown = dvc_demo(tmp_path/'repo', n=300)
