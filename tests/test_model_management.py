@@ -196,6 +196,6 @@ def test_dvc_pipeline_reruns_what_changed_and_reproduces_the_model_bit_for_bit(t
     assert shown['after_param_change'] == ['train', 'evaluate']        # the data did not change: prepare is skipped
     assert shown['unchanged_repro'] == []
     assert shown['after_new_data'] == ['prepare', 'train', 'evaluate']
-    assert shown['params_diff']['params.yaml']['train.n_estimators'] == {'old': 20, 'new': 40}
+    assert {k: shown['params_diff']['params.yaml']['train.n_estimators'][k] for k in ('old', 'new')} == {'old': 20, 'new': 40}
     assert 'rmse' in shown['metrics_diff']['metrics.json']
     assert shown['model_v1_sha256'] == shown['model_checked_out_sha256'] == shown['model_retrained_sha256']

@@ -2,6 +2,8 @@
 import shutil, tempfile, time
 import pytest
 from labkit.core import ServiceUnavailable, find_program
+
+pytestmark = pytest.mark.timeout(900)   # PostgreSQL's initdb and the server's first migrations take a while on a busy machine
 from labkit.model_management import (PG_BIN, TrackingServer, _client, _mlflow, best_run, fetch_version, make_properties,
                                      register_run_model, resolve, track_run, use_tracking)
 
