@@ -69,7 +69,7 @@ def test_mlflow_ui_shows_runs_and_model_versions(server, homes):
     driver = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=opts)
     try:
         driver.set_page_load_timeout(60)
-        for path, wanted in ((f'/#/experiments/{exp_id}', 'ui-check-run'), ('/#/models/ui-homes', 'Version 1')):
+        for path, wanted in ((f'/#/experiments/{exp_id}/runs', 'ui-check-run'), ('/#/models/ui-homes', 'Version 1')):
             driver.get(server.url + path)
             end, text = time.monotonic() + 60, ''
             while time.monotonic() < end and wanted not in text:
