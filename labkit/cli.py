@@ -17,6 +17,7 @@ COMMANDS = {
     'doctor':  'labkit.doctor:doctor_cli',
     'student': 'labkit.instructor:student_cli',
     'docs':    'labkit.instructor:docs_cli',
+    'grade':   'labkit.instructor:grade_cli',
     'detect':  'labkit.docker_yolo:detect_cli',
     'train-detector': 'labkit.docker_yolo:train_cli',
     'serve':   'labkit.serving:serve_cli',
@@ -26,17 +27,17 @@ COMMANDS = {
     'fl-server': 'labkit.federated:fl_server_cli',
     'fl-client': 'labkit.federated:fl_client_cli',
     'monitor': 'labkit.monitoring:monitor_cli',
+    'erase':   'labkit.responsible_ai:erase_cli',
+    'tracking-server': 'labkit.model_management:tracking_server_cli',
     'batch-score': 'labkit.deployment_types:batch_score_cli',
     'redis': 'labkit.deployment_types:redis_cli',
     'stream-publish': 'labkit.deployment_types:stream_publish_cli',
     'stream-consume': 'labkit.deployment_types:stream_consume_cli',
     'web-assets': 'labkit.deployment_types:web_assets_cli',
     'browser-page': 'labkit.deployment_types:browser_page_cli',
-    'erase':   'labkit.responsible_ai:erase_cli',
-    'monitoring-stack': 'labkit.monitoring_stack:monitoring_stack_cli',
     'pipeline': 'labkit.cicd:pipeline_cli',
     'registry': 'labkit.cicd:registry_cli',
-    'grade':   'labkit.instructor:grade_cli',
+    'monitoring-stack': 'labkit.monitoring_stack:monitoring_stack_cli',
 }
 
 # %% ../nbs/92_cli.ipynb
@@ -44,6 +45,7 @@ EXAMPLES = {
     'doctor':  'labkit doctor --json',
     'student': 'labkit student nbs _student',
     'docs':    'labkit docs --out-dir _docs --fallback',
+    'grade':   'labkit grade submissions grades --timeout 120',
     'detect':  'labkit detect images out --conf 0.4 --overwrite',
     'train-detector': 'labkit train-detector --dst runs/try-data --work runs/try --n-train 200 --n-val 50 --epochs 2',
     'serve':   'labkit serve --port 8000 --policy-file policy.json --admin-token-file ~/.labkit-admin-token',
@@ -53,17 +55,17 @@ EXAMPLES = {
     'fl-server': 'labkit fl-server --rounds 3 --clients 2 --partition dirichlet --out runs/fl.json',
     'fl-client': 'labkit fl-client 0 --clients 2 --partition dirichlet',
     'monitor': 'labkit monitor logs reference.csv --port 9108 --labels labels.csv',
+    'erase':   'labkit erase logs/audit --applicant-id app-0-00017',
+    'tracking-server': 'labkit tracking-server --data mlflow-server --port 5000',
     'batch-score': 'labkit batch-score inbox scores --version v2',
     'redis': 'labkit redis --data runs/redis --port 6379',
     'stream-publish': 'labkit stream-publish --port 6379 --n 400',
     'stream-consume': 'labkit stream-consume --port 6379 --consumer c1 --idle-exit 5',
     'web-assets': 'labkit web-assets',
     'browser-page': 'labkit browser-page --port 8090 --images 8',
-    'erase':   'labkit erase logs/audit --applicant-id app-0-00017',
-    'monitoring-stack': 'labkit monitoring-stack --data runs/monitoring-stack --interval 1 --drill',
     'pipeline': 'labkit pipeline run --project salary --registry 127.0.0.1:5000',
     'registry': 'labkit registry --data runs/registry --port 5000',
-    'grade':   'labkit grade submissions grades --timeout 120'
+    'monitoring-stack': 'labkit monitoring-stack --data runs/monitoring-stack --interval 1 --drill',
 }
 
 # %% ../nbs/92_cli.ipynb

@@ -544,7 +544,7 @@ def _admin_token_from(environ) -> str|None:
     return read_admin_token(f) if (f := environ.get('LABKIT_ADMIN_TOKEN_FILE')) else None
 
 # %% ../nbs/02_serving.ipynb
-def create_app(registry_dir=None,        # model registry folder; default `LABKIT_REGISTRY`, else the shipped one
+def create_app(registry_dir=None,        # model registry folder (or an object with versions/latest/get); default `LABKIT_REGISTRY`, else the shipped one
                policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
                request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
                policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
@@ -555,7 +555,7 @@ def create_app(registry_dir=None,        # model registry folder; default `LABKI
     "The salary service: form, /predict, health, readiness, metrics, version, OpenAPI and a policy router"
     if request_log is None and (log_dir := os.environ.get('LABKIT_REQUEST_LOG')):
         request_log = RequestLog(log_dir)
-    registry = ModelRegistry(registry_dir or default_registry_dir())
+    registry = registry_dir if hasattr(registry_dir, 'get') else ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)
     state = ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),
                          admin_token or _admin_token_from(os.environ), max_batch)
