@@ -113,7 +113,12 @@ def test_mounted_folder_is_written_as_the_host_user(lab):
     status, body = http(lab.url + '/api/contents/labs', lab.token)      # the student copies are there to open
     assert status == 200 and '00_core.ipynb' in {c['name'] for c in json.loads(body)['content']}
     status, body = http(lab.url + '/api/contents/labs/00_core.ipynb', lab.token)
-    assert status == 200 and '### BEGIN SOLUTION' not in body and 'NotImplementedError' in body
+    assert status == 200, body
+    cells = json.loads(body)['content']['cells']
+    lines = [l.strip() for c in cells for l in c['source'].split('\n')]
+    assert '### BEGIN SOLUTION' not in lines and '### END SOLUTION' not in lines   # core's own code names the markers in a string
+    assert any('raise NotImplementedError' in c['source'] for c in cells)            # the stub of the exercise,
+    assert 'return hashlib.sha256(data).hexdigest()' not in lines                      # not its solution
     assert (lab.work/'labs'/'00_core.ipynb').exists()                   # in the mounted folder: the work outlives the container
 
 def test_default_user_writes_a_folder_owned_by_uid_1000(lab_image, tmp_path):
