@@ -12,8 +12,8 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'ImageRejected', 'open_image', 'gpu_available', 'torch_device', 'requires_gpu', 'identity_onnx_model',
            'seed_everything', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
-           'LocalService', 'RequestLog', 'file_lock', 'CheckResult', 'check_values', 'check_function',
-           'check_fingerprint']
+           'LocalService', 'RequestLog', 'file_lock', 'append', 'scan', 'records', 'CheckResult', 'check_values',
+           'check_function', 'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -625,7 +625,11 @@ class LocalService:
 # %% ../nbs/00_core.ipynb
 import fcntl, re
 from collections.abc import Mapping
-from fastcore.basics import patch
+
+def _method_of(cls):
+    "Decorator: add the function to `cls` as a method (core needs nothing beyond the standard library)"
+    def add(fn): setattr(cls, fn.__name__, fn); return fn
+    return add
 
 # %% ../nbs/00_core.ipynb
 def _json_default(o):
@@ -672,7 +676,7 @@ def _fsync_dir(path:Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
-@patch
+@_method_of(RequestLog)
 def append(self:RequestLog, record:Mapping):
     "Append one record (a JSON-serialisable dict or other mapping); returns once it is on disk"
     if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
@@ -718,7 +722,7 @@ def _checked(line:tuple, problem) -> tuple:
     return (offset, record if why is None else None, why)
 
 # %% ../nbs/00_core.ipynb
-@patch
+@_method_of(RequestLog)
 def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
          problem=None):                       # optional check of a record: returns why it is bad, or None
     "Lines of the newest segments, oldest first, as (segment name, offset, record or None, why it is bad or None)"
@@ -732,13 +736,13 @@ def scan(self:RequestLog, last:int=None,      # read segments, newest first, unt
         if last is not None and good >= last: break
     return out
 
-@patch
+@_method_of(RequestLog)
 def records(self:RequestLog, last:int=None) -> list:
     "Records oldest first (lines that are not JSON objects are skipped); only the newest `last` when given"
     out = [r for *_, r, why in self.scan(last) if why is None]
     return out[-last:] if last else out
 
-@patch
+@_method_of(RequestLog)
 def __len__(self:RequestLog): return len(self.records())
 
 # %% ../nbs/00_core.ipynb
