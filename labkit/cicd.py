@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import *
-from .serving import (FEATURES, TARGET, FEATURE_RANGES, MODEL_FILE, make_hiring, clean_hiring, split_hiring, train_salary_model,
+from .serving import (SALARY_FEATURES, TARGET, FEATURE_RANGES, MODEL_FILE, make_hiring, clean_hiring, split_hiring, train_salary_model,
                       predict_salary, save_model, load_model, ModelRegistry, default_registry_dir, http_call, wait_until_up,
                       GunicornServer)
 
@@ -407,7 +407,7 @@ def hiring_schema(max_null_share:float=0.12,   # largest share of missing values
                   rules:list=()):              # extra dataframe-level pandera Checks (e.g. the exercise's)
     "pandera schema of the raw hiring export: columns, types, ranges, missing values, duplicate rows"
     import pandera.pandas as pa
-    cols = [*FEATURES, TARGET]   # pandera drops the nulls before a column's checks: count them on the frame
+    cols = [*SALARY_FEATURES, TARGET]   # pandera drops the nulls before a column's checks: count them on the frame
     few_nulls = [pa.Check(lambda df, c=c: df[c].isna().mean() <= max_null_share, name=f'{c}: at most {max_null_share:.0%} missing') for c in cols]
     score = lambda: pa.Column(float, pa.Check.in_range(0, 10), nullable=True, coerce=True)
     return pa.DataFrameSchema({
@@ -487,7 +487,7 @@ TYPICAL = {'experience': 5, 'test_score': 7, 'interview_score': 7}
 
 def salary_for(model, **changes) -> float:
     "The predicted salary of the typical hire with some features changed"
-    return float(predict_salary(model, [[{**TYPICAL, **changes}[f] for f in FEATURES]])[0])
+    return float(predict_salary(model, [[{**TYPICAL, **changes}[f] for f in SALARY_FEATURES]])[0])
 
 def mft_typical_profile(model) -> tuple:
     "Minimum functionality: a typical hire (5 years, scores 7) earns between 30,000 and 150,000"
@@ -541,7 +541,7 @@ SMOKE_RECORDS = [{'experience': 0, 'test_score': 6, 'interview_score': 6}, dict(
 def holdout_mae(model:dict, test:pd.DataFrame) -> float:
     "Mean absolute error of a model on raw test rows (cleaned first)"
     te = clean_hiring(test)
-    return float(np.abs(predict_salary(model, te[list(FEATURES)].to_numpy()) - te[TARGET].to_numpy()).mean())
+    return float(np.abs(predict_salary(model, te[list(SALARY_FEATURES)].to_numpy()) - te[TARGET].to_numpy()).mean())
 
 def stage_evaluate(ctx:StageContext) -> dict:
     "Candidate vs production on the same test rows: the candidate may be at most max_mae_increase worse"
@@ -549,7 +549,7 @@ def stage_evaluate(ctx:StageContext) -> dict:
     cand = ModelRegistry(ctx.path('build/registry')).get(candidate_version(ctx.project))
     prod = ModelRegistry(ctx.path('production/registry')).get(production_version(ctx.project))
     c, p, tol = holdout_mae(cand, test), holdout_mae(prod, test), ctx.params['max_mae_increase']
-    smoke = [round(float(v), 2) for v in predict_salary(cand, [[r[f] for f in FEATURES] for r in SMOKE_RECORDS])]
+    smoke = [round(float(v), 2) for v in predict_salary(cand, [[r[f] for f in SALARY_FEATURES] for r in SMOKE_RECORDS])]
     figures = {'candidate': cand['version'], 'candidate_mae': round(c, 1), 'production': prod['version'], 'production_mae': round(p, 1),
                'candidate_sha256': cand['sha256'], 'smoke_predictions': smoke}
     ctx.write_json('build/evaluation.json', figures); ctx.log(json.dumps(figures))

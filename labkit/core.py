@@ -4,16 +4,16 @@
 
 # %% auto 0
 __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXELS', 'IMAGE_FORMATS', 'FORWARDED_SIGNALS',
-           'SOLUTION_BEGIN', 'SOLUTION_END', 'fast_mode', 'pick', 'repo_root', 'data_dir', 'cache_dir',
-           'configure_offline', 'native_stderr_silenced', 'offline_ultralytics', 'atomic_path', 'write_atomic',
-           'staged_dir', 'OutputClash', 'outputs_apart', 'output_dir_ready', 'AssetMissing', 'AssetCorrupt',
-           'AssetUnlisted', 'sha256_file', 'load_manifest', 'register_asset', 'asset', 'verify_assets',
+           'SOLUTION_BEGIN', 'SOLUTION_END', 'NOT_WRITTEN_YET', 'fast_mode', 'pick', 'repo_root', 'data_dir',
+           'cache_dir', 'configure_offline', 'native_stderr_silenced', 'offline_ultralytics', 'atomic_path',
+           'write_atomic', 'staged_dir', 'OutputClash', 'outputs_apart', 'output_dir_ready', 'AssetMissing',
+           'AssetCorrupt', 'AssetUnlisted', 'sha256_file', 'load_manifest', 'register_asset', 'asset', 'verify_assets',
            'unlisted_files', 'UntrustedFile', 'is_listed', 'listed_file', 'trusted_file', 'discover_files',
            'ImageRejected', 'open_image', 'gpu_available', 'torch_device', 'requires_gpu', 'identity_onnx_model',
            'seed_everything', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'RequestLog', 'file_lock', 'append', 'scan', 'records', 'CheckResult', 'check_values',
-           'check_function', 'check_fingerprint']
+           'call_student', 'check_function', 'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -778,20 +778,32 @@ def check_values(got:dict,          # the student's values, by name
             return CheckResult(False, f"`{name}` is {got[name]!r}, expected {e!r}. {why.get(name, '')}".strip())
     return CheckResult(True, f"correct: {', '.join(expected)}")
 
+
+# %% ../nbs/00_core.ipynb
+NOT_WRITTEN_YET = "is not written yet: replace the `raise NotImplementedError` in its cell by your code"
+
+def call_student(fn,     # the student's function
+                 *args): # what to call it with
+    "Call the student's function: (result, None), or (None, a failed CheckResult saying it is not written yet or what it raised)"
+    name = getattr(fn, '__name__', 'your function')
+    try: return fn(*args), None
+    except NotImplementedError: return None, CheckResult(False, f"`{name}` {NOT_WRITTEN_YET}")
+    except Exception as e: return None, CheckResult(False, f"`{name}{args!r}` raised {type(e).__name__}: {e}")
+
+# %% ../nbs/00_core.ipynb
 def check_function(fn,               # the student's function
-                   cases:list,       # (args tuple, expected result) pairs
-                   why:str='',       # hint shown when a case fails
-                   rtol:float=1e-6, atol:float=1e-9):
+                   cases:list,       # (args tuple, expected result) pairs, or (args, expected, hint naming that case's mistake)
+                   why:str='',       # hint shown when a case without its own hint fails
+                   rtol:float=1e-6, atol:float=1e-9,
+                   same=None):       # optional `same(got, expected) -> bool` in place of the numeric comparison
     "Run the student's function on cases; say which case fails and why, or that it is not written yet"
     name = getattr(fn, '__name__', 'your function')
-    for args, expected in cases:
-        try: got = fn(*args)
-        except NotImplementedError:
-            return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-        except Exception as e:
-            return CheckResult(False, f"`{name}{args!r}` raised {type(e).__name__}: {e}")
-        if not _close(got, expected, rtol, atol):
-            return CheckResult(False, f"`{name}{args!r}` returned {got!r}, expected {expected!r}. {why}".strip())
+    same = same or (lambda got, expected: _close(got, expected, rtol, atol))
+    for args, expected, *hint in cases:
+        got, failed = call_student(fn, *args)
+        if failed: return failed
+        if not same(got, expected):
+            return CheckResult(False, f"`{name}{args!r}` returned {got!r}, expected {expected!r}. {hint[0] if hint else why}".strip())
     return CheckResult(True, f"correct: `{name}` passes {len(cases)} cases")
 
 # %% ../nbs/00_core.ipynb

@@ -18,7 +18,7 @@ from .core import *
 import csv, hashlib, io, json, os, sqlite3, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np
-from .serving import (FEATURES, make_hiring, clean_hiring, predict_salary, validate_record, ModelRegistry,
+from .serving import (SALARY_FEATURES, make_hiring, clean_hiring, predict_salary, validate_record, ModelRegistry,
                             default_registry_dir)
 
 # %% ../nbs/11_deployment_types.ipynb
@@ -34,7 +34,7 @@ def salary_model(version:str='v2') -> dict:  # a version of the shipped registry
     return registry.get(version)
 
 # %% ../nbs/11_deployment_types.ipynb
-BATCH_COLUMNS = ('id',) + FEATURES   # columns of a batch input chunk
+BATCH_COLUMNS = ('id',) + SALARY_FEATURES   # columns of a batch input chunk
 
 class ChunkRejected(ValueError):
     "A batch input chunk that cannot be scored; the message names the file, the line and the field at fault"
@@ -51,7 +51,7 @@ def write_chunks(df,                 # a table with the columns of BATCH_COLUMNS
 
 def hiring_requests(n:int=400, seed:int=0):
     "Cleaned feature rows of `make_hiring` with a request id each (h00000, h00001, ...)"
-    df = clean_hiring(make_hiring(n, seed))[list(FEATURES)].reset_index(drop=True)
+    df = clean_hiring(make_hiring(n, seed))[list(SALARY_FEATURES)].reset_index(drop=True)
     df.insert(0, 'id', [f'h{i:05d}' for i in range(len(df))])
     return df
 
@@ -73,7 +73,7 @@ def read_chunk(path) -> tuple:  # a CSV chunk with the columns of BATCH_COLUMNS
         where = f"{path.name} line {line}"
         if not (rec['id'] or '').strip(): raise ChunkRejected(f"{where}: id is empty")
         if rec['id'] in ids: raise ChunkRejected(f"{where}: id {rec['id']!r} appears twice")
-        row, problems = validate_record({f: _number(rec[f], f, where) for f in FEATURES})
+        row, problems = validate_record({f: _number(rec[f], f, where) for f in SALARY_FEATURES})
         if problems: raise ChunkRejected(f"{where}: {problems[0]['field']} {problems[0]['message']}")
         ids.append(rec['id']); rows.append(row)
     if not ids: raise ChunkRejected(f"{path.name}: no rows")
@@ -399,7 +399,7 @@ def measure_precalculated(db, ids) -> dict:
 def measure_online(requests, workers:int=1) -> dict:
     "POST every request, one at a time, to the serving lab's service under gunicorn"
     from labkit.serving import GunicornServer, http_call
-    records = requests[list(FEATURES)].to_dict('records')
+    records = requests[list(SALARY_FEATURES)].to_dict('records')
     with GunicornServer(workers=workers) as server:
         pids = [server.proc.pid, *server.worker_pids()]
         c0, t0, lat = cpu_clock(*pids), time.perf_counter(), []

@@ -5,7 +5,7 @@
 # %% auto 0
 __all__ = ['ALGORITHMS', 'FIXED_POINT_SCALE', 'load_digits_split', 'iid_partition', 'dirichlet_partition', 'shard_partition',
            'label_counts', 'make_partitions', 'plot_label_mix', 'make_model', 'get_weights', 'set_weights', 'Client',
-           'Federation', 'make_federation', 'digits_federation', 'local_train', 'evaluate', 'History',
+           'Federation', 'make_federation', 'digits_federation', 'train_on_client', 'evaluate', 'History',
            'FederatedRoundFailed', 'validate_update', 'weighted_average', 'fedavg', 'fedsgd', 'cyclic_transfer',
            'single_transfer', 'stochastic_transfer', 'centralised', 'comparison_settings', 'compare_algorithms',
            'summarise', 'plot_histories', 'accuracy_per_class', 'encode_fixed', 'decode_fixed', 'fixed_point_bound',
@@ -159,7 +159,7 @@ def digits_federation(n_clients:int=10,
     return make_federation(X, y, split[partition](), X_te, y_te, hidden, seed)
 
 # %% ../nbs/06_federated.ipynb
-def local_train(net:nn.Module, w:np.ndarray, client:Client,
+def train_on_client(net:nn.Module, w:np.ndarray, client:Client,
                 epochs:int=1,
                 batch_size:int|None=10,  # None: the whole local data set as one batch
                 lr:float=0.1,
@@ -272,7 +272,7 @@ def fedavg(fed:Federation,
     h = History(name); _record(h, fed, net, w, 0, 0)
     for rnd in progress(range(1, rounds + 1), desc=name, leave=False):
         chosen = _sample(rng, len(fed.clients), frac)
-        local = [local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k), max_steps)
+        local = [train_on_client(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k), max_steps)
                  for k in chosen]
         sent = np.asarray(w, dtype=np.float32)   # the model as clients receive it (an `aggregate` may return float64)
         local = [validate_update(u, len(fed.clients[k]), sent, most, np.inf, f'client {k}') for k, u in zip(chosen, local)]
@@ -294,7 +294,7 @@ def fedsgd(fed:Federation,
 # %% ../nbs/06_federated.ipynb
 def _relay(fed, net, w, order, local_epochs, batch_size, lr, seed, rnd) -> np.ndarray:
     "Pass the model through the clients in `order`, each training it on its own data"
-    for k in order: w = local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k))
+    for k in order: w = train_on_client(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k))
     return w
 
 def cyclic_transfer(fed:Federation, rounds:int=20, local_epochs:int=1, batch_size:int|None=10,
@@ -336,7 +336,7 @@ def centralised(fed:Federation, epochs:int=30, batch_size:int|None=10, lr:float=
     net = fed.model(); w = get_weights(net)
     h = History(name); _record(h, fed, net, w, 0, 0)
     for ep in progress(range(1, epochs + 1), desc=name, leave=False):
-        w = local_train(net, w, pooled, 1, batch_size, lr, _client_seed(seed, ep, -1))
+        w = train_on_client(net, w, pooled, 1, batch_size, lr, _client_seed(seed, ep, -1))
         _record(h, fed, net, w, ep, pooled.X.numpy().nbytes + pooled.y.numpy().nbytes if ep == 1 else 0)
     return h
 
@@ -526,13 +526,13 @@ def _flower():
     return flwr
 
 def flower_client(fed:Federation, cid:int):
-    "A Flower client for client `cid` of `fed`: its fit is this module's `local_train`"
+    "A Flower client for client `cid` of `fed`: its fit is this module's `train_on_client`"
     fl = _flower()
     client, net = fed.clients[cid], fed.model()
     class DigitsClient(fl.client.NumPyClient):
         def get_properties(self, config): return {'cid': cid}   # how the server names this client in its reports
         def fit(self, parameters, config):
-            w = local_train(net, parameters[0], client, int(config['local_epochs']), int(config['batch_size']),
+            w = train_on_client(net, parameters[0], client, int(config['local_epochs']), int(config['batch_size']),
                             float(config['lr']), _client_seed(int(config['seed']), int(config['server_round']), cid))
             return [w], len(client), {}
         def evaluate(self, parameters, config):

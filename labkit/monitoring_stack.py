@@ -193,9 +193,9 @@ def hardware_registry(pid:int=None):   # process to watch (default: this one)
 def salary_reference(registry_dir=None,   # the served model registry (default: the shipped one)
                      version:str=None) -> pd.DataFrame: # the version whose predictions go in (default: the latest, which serves)
     "The served model's training table with its predictions: the monitor's reference window"
-    from labkit.serving import FEATURES, ModelRegistry, clean_hiring, default_registry_dir, predict_salary
+    from labkit.serving import SALARY_FEATURES, ModelRegistry, clean_hiring, default_registry_dir, predict_salary
     registry = ModelRegistry(registry_dir or default_registry_dir())
-    X = clean_hiring(pd.read_csv(asset('hiring.csv')))[list(FEATURES)]
+    X = clean_hiring(pd.read_csv(asset('hiring.csv')))[list(SALARY_FEATURES)]
     return X.assign(prediction=predict_salary(registry.get(version or registry.latest()), X.to_numpy()))
 
 def salary_requests(n:int,                    # requests
@@ -203,9 +203,9 @@ def salary_requests(n:int,                    # requests
                     experience_years:float=0, # years added to everyone's experience (the data drift)
                     stuck:str=None) -> pd.DataFrame: # a feature that arrives as 0 (an upstream failure)
     "Seeded request bodies for the salary service"
-    from labkit.serving import FEATURES, clean_hiring, make_hiring
+    from labkit.serving import SALARY_FEATURES, clean_hiring, make_hiring
     df = clean_hiring(make_hiring(n, seed=seed, missing=0.0, drift_pct=0.0, raise_pct=10.0))
-    X = df[list(FEATURES)].assign(experience=(df.experience + experience_years).clip(0, 50))
+    X = df[list(SALARY_FEATURES)].assign(experience=(df.experience + experience_years).clip(0, 50))
     if stuck: X[stuck] = 0.0
     return X.reset_index(drop=True)
 
@@ -502,12 +502,12 @@ def transfer_data(n_pretrain:int=4000,  # labelled applications from before the 
     "Loan applications before and after a drift that changed both the applicants and the outcome (monitoring lab's world)"
     from sklearn.compose import make_column_transformer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from labkit.monitoring import CATEGORICAL, FEATURES, PHASES, make_applicants, true_outcome
+    from labkit.monitoring import CATEGORICAL, APPLICANT_FEATURES, PHASES, make_applicants, true_outcome
     pre = make_applicants(n_pretrain, seed=seed)
     post, test = (make_applicants(n, seed=seed + k, **PHASES['drift']) for k, n in ((1, n_post), (2, n_test)))
-    encode = make_column_transformer((StandardScaler(), [f for f in FEATURES if f not in CATEGORICAL]),
-                                     (OneHotEncoder(sparse_output=False), CATEGORICAL)).fit(pre[FEATURES])   # the deployed preprocessing
-    xy = lambda X, k, concept: (encode.transform(X[FEATURES]), true_outcome(X, seed=seed + k, concept=concept))
+    encode = make_column_transformer((StandardScaler(), [f for f in APPLICANT_FEATURES if f not in CATEGORICAL]),
+                                     (OneHotEncoder(sparse_output=False), CATEGORICAL)).fit(pre[APPLICANT_FEATURES])   # the deployed preprocessing
+    xy = lambda X, k, concept: (encode.transform(X[APPLICANT_FEATURES]), true_outcome(X, seed=seed + k, concept=concept))
     return {'pre': xy(pre, 0, 0), 'post': xy(post, 1, 1), 'test': xy(test, 2, 1)}
 
 def pretrain(X, y, hidden=(32, 16), seed:int=0):   # data before the drift; hidden layer sizes; seed

@@ -6,9 +6,9 @@
 __all__ = ['SURVEY_NOISE', 'RDP_ORDERS', 'survey_population', 'add_survey_noise', 'additive_noise_matrix', 'mechanism_epsilon',
            'randomized_response', 'two_coin_response', 'two_coin_matrix', 'rr_epsilon', 'rr_estimate', 'laplace_scale',
            'laplace_mechanism', 'local_laplace', 'dp_mean', 'survey_rmse', 'digits_split', 'digits_mlp', 'Training',
-           'make_training', 'train_epoch', 'per_sample_losses', 'accuracy', 'train_digits', 'subsampled_gaussian_log_a',
-           'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold', 'attack_advantage', 'advantage_bound',
-           'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon', 'plot_advantage_vs_epsilon',
+           'make_training', 'train_epoch', 'per_sample_losses', 'accuracy', 'train_digits_mlp',
+           'subsampled_gaussian_log_a', 'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold', 'attack_advantage',
+           'advantage_bound', 'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon', 'plot_advantage_vs_epsilon',
            'epoch_time_comparison', 'privacy_goals', 'privacy_cli', 'check_rr_proportion_for_epsilon']
 
 # %% ../nbs/05_privacy.ipynb
@@ -266,7 +266,7 @@ def accuracy(model:nn.Module, X:torch.Tensor, y:torch.Tensor) -> float:
     return float((model(X).argmax(1) == y).float().mean())
 
 # %% ../nbs/05_privacy.ipynb
-def train_digits(data:dict,               # from `digits_split`
+def train_digits_mlp(data:dict,               # from `digits_split`
                  epsilon:float|None=None, # target ε; None trains without DP
                  epochs:int=30,           # training epochs (the budget is planned for these)
                  desc:str=None,           # label of the progress bar
@@ -359,7 +359,7 @@ def privacy_sweep(data:dict,                       # from `digits_split`
     rows = []
     for seed in seeds:
         for name, eps, n_epochs in progress(settings, desc=f'sweep (seed {seed})'):
-            t = train_digits(data, eps, n_epochs, desc=name, leave=False, seed=seed, **recipe)
+            t = train_digits_mlp(data, eps, n_epochs, desc=name, leave=False, seed=seed, **recipe)
             losses_in = per_sample_losses(t.model, data['X_train'], data['y_train'])
             losses_out = per_sample_losses(t.model, data['X_test'], data['y_test'])
             rows.append({'setting': name, 'seed': seed, 'epsilon_target': eps if eps else math.inf, 'epochs': n_epochs,

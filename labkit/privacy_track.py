@@ -21,7 +21,7 @@ import torch
 import tenseal as ts
 from .serving import make_hiring, split_hiring, clean_hiring, train_salary_model, predict_salary
 from .privacy import dp_sgd_epsilon, per_sample_losses, attack_advantage, advantage_bound
-from .federated import (digits_federation, local_train, get_weights, set_weights, evaluate, History,
+from .federated import (digits_federation, train_on_client, get_weights, set_weights, evaluate, History,
                               secure_sum, _client_seed)
 
 # %% ../nbs/08_privacy_track.ipynb
@@ -284,7 +284,7 @@ def dp_fedavg(fed, rounds:int=30, q:float=0.2,   # q: each client takes part in 
     h.log(0, *evaluate(net, w, fed.X_test, fed.y_test), 0)
     for rnd in progress(range(1, rounds + 1), desc=name, leave=False):
         chosen = np.flatnonzero(rng.random(N) < q)
-        ups = [local_train(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k)) - w for k in chosen]
+        ups = [train_on_client(net, w, fed.clients[k], local_epochs, batch_size, lr, _client_seed(seed, rnd, k)) - w for k in chosen]
         denominator = q * N if noise_multiplier > 0 else max(len(chosen), 1)   # no noise: the plain mean (FedAvg)
         mean, n_clipped = dp_aggregate(ups, chosen.tolist(), w.size, clip_norm, noise_multiplier, denominator, rng, summer)
         w = (w + server_lr * mean).astype(np.float32)

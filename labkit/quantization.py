@@ -4,9 +4,9 @@
 
 # %% auto 0
 __all__ = ['TFLITE_MODES', 'qrange', 'qparams', 'quantize', 'dequantize', 'tensor_qparams', 'fake_quantize',
-           'check_quantize_by_hand', 'digits_data', 'build_cnn', 'layer_complexity', 'fit_classifier', 'keras_accuracy',
-           'is_qat', 'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side', 'compare_tflite',
-           'plot_comparison', 'quantization_goals', 'run_quantization_project']
+           'check_quantize_by_hand', 'digits_data', 'build_cnn', 'layer_complexity', 'train_classifier',
+           'keras_accuracy', 'is_qat', 'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side',
+           'compare_tflite', 'plot_comparison', 'quantization_goals', 'run_quantization_project']
 
 # %% ../nbs/03_quantization.ipynb
 import os, sys, time, warnings
@@ -213,7 +213,7 @@ def layer_complexity(model) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_quantization.ipynb
-def fit_classifier(model,              # a Keras model that outputs logits
+def train_classifier(model,              # a Keras model that outputs logits
                    X, y,               # training images and integer labels
                    epochs:int=20,
                    lr:float=1e-3,      # Adam's learning rate
@@ -432,12 +432,12 @@ def run_quantization_project(epochs:int=None,           # float training epochs 
     n_representative = n_representative or pick(300, 100)
     X_train, X_test, y_train, y_test = digits_data(seed=seed)
     net = build_cnn(seed=seed)
-    fit_classifier(net, X_train, y_train, epochs=epochs, seed=seed)
+    train_classifier(net, X_train, y_train, epochs=epochs, seed=seed)
     representative = X_train[:n_representative]
     models = {'float32': to_tflite(net, 'float32'), 'dynamic range': to_tflite(net, 'dynamic'),
               'float16': to_tflite(net, 'float16'), 'int8 PTQ': to_tflite(net, 'int8', representative)}
     qat = qat_model(net)
-    fit_classifier(qat, X_train, y_train, epochs=qat_epochs, lr=1e-4, seed=seed)
+    train_classifier(qat, X_train, y_train, epochs=qat_epochs, lr=1e-4, seed=seed)
     models['int8 QAT'] = to_tflite(qat, 'int8')
     table = compare_tflite(models, net, X_test, y_test)
     return {'table': table, 'goals': quantization_goals(table), 'models': models,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 from labkit.core import ServiceUnavailable, find_program, wait_for_port, port_open, free_port
-from labkit.serving import FEATURES, predict_salary
+from labkit.serving import SALARY_FEATURES, predict_salary
 from labkit.deployment_types import *
 from labkit.deployment_types import _journal
 from conftest import labkit_cmd
@@ -53,7 +53,7 @@ def test_killed_batch_job_resumes_without_redoing_or_duplicating(tmp_path, reque
     assert {n: os.stat(dst/f'{n}.csv').st_mtime_ns for n in done} == stamps          # finished chunks not redone
     table = scored_table(dst)
     assert table['id'].tolist() == requests['id'].tolist()                            # each request once
-    np.testing.assert_allclose(table['salary'], predict_salary(MODEL, requests[list(FEATURES)].to_numpy()), atol=0.006)
+    np.testing.assert_allclose(table['salary'], predict_salary(MODEL, requests[list(SALARY_FEATURES)].to_numpy()), atol=0.006)
     assert not list(dst.rglob('*.partial*')), 'a killed job left a partial file'
 
 def test_batch_rerun_is_idempotent_and_rescoring_an_edited_chunk(tmp_path, requests):
@@ -95,7 +95,7 @@ def test_read_chunk_accepts_or_names_the_fault_never_crashes(tmp_path_factory, b
     path.write_bytes(b'id,experience,test_score,interview_score\n' + body)
     try: ids, rows = read_chunk(path)
     except ChunkRejected as e: assert 'c.csv' in str(e)
-    else: assert len(ids) == len(rows) and all(len(r) == len(FEATURES) for r in rows)
+    else: assert len(ids) == len(rows) and all(len(r) == len(SALARY_FEATURES) for r in rows)
 
 def test_batch_cli_refuses_bad_folders_with_a_clear_message(tmp_path, requests):
     inbox = tmp_path/'inbox'; write_chunks(requests, inbox)
@@ -112,7 +112,7 @@ def test_precalculated_scores_load_twice_without_duplicates(tmp_path, requests):
     assert precalculate(tmp_path/'out', tmp_path/'s.db') == len(requests) == precalculate(tmp_path/'out', tmp_path/'s.db')
     hit = lookup_score(tmp_path/'s.db', requests['id'][5])
     assert hit['model_version'] == 'v2'
-    assert abs(hit['salary'] - predict_salary(MODEL, requests.loc[5, list(FEATURES)].to_numpy())[0]) < 0.006
+    assert abs(hit['salary'] - predict_salary(MODEL, requests.loc[5, list(SALARY_FEATURES)].to_numpy())[0]) < 0.006
     assert lookup_score(tmp_path/'s.db', "x' OR '1'='1") is None
 
 # ---- streaming ----
@@ -182,7 +182,7 @@ def test_broker_killed_and_restarted_mid_stream_no_lost_no_duplicated_results(br
     assert [m for m, _ in r.xrange(STREAM)] == ids                  # every message kept, in order
     assert r.xpending(STREAM, GROUP)['pending'] == 0
     results = {k: json.loads(v)['salary'] for k, v in r.hgetall(RESULTS).items()}
-    np.testing.assert_allclose([results[i] for i in reqs['id']], predict_salary(MODEL, reqs[list(FEATURES)].to_numpy()), atol=0.006)
+    np.testing.assert_allclose([results[i] for i in reqs['id']], predict_salary(MODEL, reqs[list(SALARY_FEATURES)].to_numpy()), atol=0.006)
 
 def test_consumer_gives_up_on_an_absent_broker_with_a_clear_error():
     with pytest.raises(ServiceUnavailable, match='did not answer for 1 s'):
@@ -219,12 +219,12 @@ def test_stream_publish_and_consume_commands(broker, capsys):
 # ---- reimplementation ----
 
 def test_sql_reimplementation_matches_python(requests):
-    np.testing.assert_allclose(sql_predict(MODEL, requests), predict_salary(MODEL, requests[list(FEATURES)].to_numpy()), rtol=1e-12)
+    np.testing.assert_allclose(sql_predict(MODEL, requests), predict_salary(MODEL, requests[list(SALARY_FEATURES)].to_numpy()), rtol=1e-12)
     v1 = salary_model('v1')
-    np.testing.assert_allclose(sql_predict(v1, requests), predict_salary(v1, requests[list(FEATURES)].to_numpy()), rtol=1e-12)
+    np.testing.assert_allclose(sql_predict(v1, requests), predict_salary(v1, requests[list(SALARY_FEATURES)].to_numpy()), rtol=1e-12)
     with pytest.raises(ValueError, match='not a plain SQL identifier'): salary_sql(MODEL, 'hires; DROP TABLE x')
 
 def test_javascript_reimplementation_matches_python(requests):
     try: find_program('node', '/usr/bin/node', package='nodejs')
     except ServiceUnavailable as e: pytest.skip(str(e))
-    np.testing.assert_allclose(js_predict(MODEL, requests), predict_salary(MODEL, requests[list(FEATURES)].to_numpy()), rtol=1e-12)
+    np.testing.assert_allclose(js_predict(MODEL, requests), predict_salary(MODEL, requests[list(SALARY_FEATURES)].to_numpy()), rtol=1e-12)

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from labkit.federated import (MaskingClient, SecureAggregationRound, SecureAggregationRefused, secure_sum,
                               secure_weighted_average, weighted_average, decode_fixed, encode_fixed,
                               run_flower, fedavg, digits_federation, fixed_point_bound, FIXED_POINT_SCALE,
-                              validate_update, checked_fedavg, FederatedRoundFailed, get_weights, local_train,
+                              validate_update, checked_fedavg, FederatedRoundFailed, get_weights, train_on_client,
                               _wait_until_listening)
 from labkit.core import group_alive, stop_child
 
@@ -191,7 +191,7 @@ def test_validate_update_names_the_client_and_the_fault(weights, n, why):
 def test_validate_update_accepts_an_honest_update():
     fed = digits_federation(3)
     w = get_weights(fed.model())
-    mine = local_train(fed.model(), w, fed.clients[0], epochs=2)
+    mine = train_on_client(fed.model(), w, fed.clients[0], epochs=2)
     assert validate_update([mine], len(fed.clients[0]), w, max(len(c) for c in fed.clients)) is mine
 
 

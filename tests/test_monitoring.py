@@ -160,7 +160,7 @@ def test_chi2_matches_scipy_on_three_categories():
 @pytest.fixture(scope='module')
 def reference():
     X = make_applicants(1500, seed=0)
-    model = fit_model(X, true_outcome(X))
+    model = train_credit_model(X, true_outcome(X))
     return X.assign(prediction=model.predict(X)), model
 
 def _exposed(text):

@@ -3,7 +3,7 @@ import json, tempfile
 from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
-from labkit.monitoring import BAD_RECORD_REASONS, FEATURES, DriftMonitor, RequestLog, make_applicants
+from labkit.monitoring import BAD_RECORD_REASONS, APPLICANT_FEATURES, DriftMonitor, RequestLog, make_applicants
 
 REFERENCE = make_applicants(300, seed=0).assign(prediction=lambda d: (d.debt_ratio > 0.3).astype(int))
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -18,7 +18,7 @@ good_record = st.fixed_dictionaries(
      'id': st.integers(0, 10**6), 'version': st.sampled_from(['v1', 'v2'])})
 any_record = st.dictionaries(st.sampled_from(['inputs', 'prediction', 'id', 'label', 'version', 'timestamp', 'age', 'channel']) | st.text(max_size=6),
                              json_values, max_size=5)
-any_inputs = st.fixed_dictionaries({'inputs': st.dictionaries(st.sampled_from(FEATURES) | st.text(max_size=4), json_values, max_size=5)
+any_inputs = st.fixed_dictionaries({'inputs': st.dictionaries(st.sampled_from(APPLICANT_FEATURES) | st.text(max_size=4), json_values, max_size=5)
                                               | st.lists(json_values, max_size=4) | json_values,
                                     'prediction': json_values})
 

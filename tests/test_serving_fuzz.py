@@ -2,7 +2,7 @@
 import html, io, json, math, re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from labkit.serving import FEATURES, MAX_BATCH, MAX_BODY, create_app
+from labkit.serving import SALARY_FEATURES, MAX_BATCH, MAX_BODY, create_app
 
 APP = create_app(admin_token='fuzz-token')
 CLIENT = APP.test_client()
@@ -37,11 +37,11 @@ def out_of_range(draw, name):
 def broken_record(draw):
     "A valid record with one field broken; returns (record, the field at fault)"
     rec = draw(valid_record)
-    field = draw(st.sampled_from(list(FEATURES)))
+    field = draw(st.sampled_from(list(SALARY_FEATURES)))
     how = draw(st.sampled_from(['drop', 'extra', 'type', 'nonfinite', 'range']))
     if how == 'drop': del rec[field]
     elif how == 'extra':
-        field = draw(st.text(min_size=1, max_size=12).filter(lambda k: k not in FEATURES))
+        field = draw(st.text(min_size=1, max_size=12).filter(lambda k: k not in SALARY_FEATURES))
         rec[field] = draw(json_values)
     elif how == 'type': rec[field] = draw(st.text(max_size=10) | st.booleans() | st.none() | st.lists(st.integers(), max_size=3) | st.just({}))
     elif how == 'nonfinite': rec[field] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
@@ -93,7 +93,7 @@ def oversized_body(draw):
 @st.composite
 def form_post(draw):
     "Form fields with arbitrary text: a page with the prediction or the errors, never a 5xx"
-    fields = draw(st.dictionaries(st.sampled_from(list(FEATURES) + ['user_id', 'x']), st.text(max_size=15), max_size=5))
+    fields = draw(st.dictionaries(st.sampled_from(list(SALARY_FEATURES) + ['user_id', 'x']), st.text(max_size=15), max_size=5))
     return dict(kind='form', kw=dict(data=fields), status=None, field=None)
 
 @st.composite
@@ -234,7 +234,7 @@ def test_random_methods_and_paths_do_not_grow_the_metrics():
     assert len(buckets) <= len(routes), buckets
 
 # ---- the HTML form, fuzzed on its own ---------------------------------------------------------------------------
-FORM_FIELDS = st.sampled_from(list(FEATURES) + ['user_id']) | st.text(max_size=12)
+FORM_FIELDS = st.sampled_from(list(SALARY_FEATURES) + ['user_id']) | st.text(max_size=12)
 FORM_VALUES = st.text(max_size=40) | st.sampled_from(['5', '1e3', '-0', 'nan', 'inf', '1e999', '0x10', '٣', ' 7 ', '<script>x</script>'])
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
