@@ -4,15 +4,15 @@
 
 # %% auto 0
 __all__ = ['OPT_LEVELS', 'HEAVY_MODULES', 'EDGE_STACK', 'FULL_STACK', 'ort_max_ir_version', 'fit_ir_version', 'pick_providers',
-           'ort_session', 'session_report', 'import_tensorflow', 'import_yolo', 'digits_images', 'train_digits_cnn',
-           'keras_to_onnx', 'output_parity', 'onnx_predict', 'keras_onnx_parity', 'savedmodel_to_onnx', 'slim_onnx',
-           'quantize_int8', 'graph_summary', 'time_side_by_side', 'onnx_variants_table', 'course_detector_weights',
-           'export_yolo_onnx', 'onnx_metadata', 'load_rgb', 'resize_linear', 'letterbox', 'to_input', 'box_iou', 'nms',
-           'decode_yolo', 'scale_boxes', 'EdgeDetector', 'draw_detections', 'match_boxes', 'box_agreement',
-           'precision_recall', 'ultralytics_detections', 'heldout_scenes', 'scene_truth', 'edge_probe_script',
-           'run_edge_probe', 'distribution_closure', 'installed_mb', 'detector_variants_table',
-           'optimisation_levels_table', 'keras_runners', 'yolo_runners', 'benchmark_rows', 'speed_table', 'plot_speed',
-           'check_detect_at', 'export_onnx_cli', 'NoImages', 'edge_detect_dir', 'onnx_detect_cli']
+           'ort_session', 'session_report', 'import_tensorflow', 'import_yolo', 'train_digits_cnn', 'keras_to_onnx',
+           'output_parity', 'onnx_predict', 'keras_onnx_parity', 'savedmodel_to_onnx', 'slim_onnx', 'quantize_int8',
+           'graph_summary', 'time_side_by_side', 'onnx_variants_table', 'course_detector_weights', 'export_yolo_onnx',
+           'onnx_metadata', 'load_rgb', 'resize_linear', 'letterbox', 'to_input', 'box_iou', 'nms', 'decode_yolo',
+           'scale_boxes', 'EdgeDetector', 'draw_detections', 'match_boxes', 'box_agreement', 'precision_recall',
+           'ultralytics_detections', 'heldout_scenes', 'scene_truth', 'edge_probe_script', 'run_edge_probe',
+           'distribution_closure', 'installed_mb', 'detector_variants_table', 'optimisation_levels_table',
+           'keras_runners', 'yolo_runners', 'benchmark_rows', 'speed_table', 'plot_speed', 'check_detect_at',
+           'export_onnx_cli', 'NoImages', 'edge_detect_dir', 'onnx_detect_cli']
 
 # %% ../nbs/04_onnx.ipynb
 import ast, contextlib, json, os, shutil, subprocess, sys, tempfile, time
@@ -93,10 +93,7 @@ def session_report(session:ort.InferenceSession) -> dict:
 
 # %% ../nbs/04_onnx.ipynb
 def import_tensorflow():
-    "TensorFlow, imported after triton when triton is installed (triton segfaults when loaded after TensorFlow)"
-    if 'tensorflow' not in sys.modules:
-        try: import triton  # noqa: F401
-        except ImportError: pass
+    "TensorFlow, quiet (core's import hook has loaded triton before it: triton segfaults when loaded after TensorFlow)"
     with native_stderr_silenced():   # CUDA probing messages written by TensorFlow's C++ start-up
         import tensorflow as tf
         tf.config.list_physical_devices()
@@ -104,24 +101,13 @@ def import_tensorflow():
     return tf
 
 def import_yolo():
-    "ultralytics' YOLO class, offline; keeps triton out when TensorFlow is already loaded; passive OpenMP threads"
-    if 'tensorflow' in sys.modules and 'triton' not in sys.modules: sys.modules['triton'] = None   # import triton -> ImportError
+    "ultralytics' YOLO class, offline, with passive OpenMP threads"
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read when PyTorch loads OpenMP: idle threads sleep, not spin
     offline_ultralytics()
     from ultralytics import YOLO
     return YOLO
 
 # %% ../nbs/04_onnx.ipynb
-def digits_images(test_size:float=0.25, # share held out for testing
-                  seed:int=0            # seed of the split
-                 ):
-    "scikit-learn's 8x8 digits as float32 images (N, 8, 8, 1) in [0, 1]: X_train, X_test, y_train, y_test"
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-
 def train_digits_cnn(X, y,              # training images (N, 8, 8, 1) and labels
                      epochs:int=20,     # passes over the training set
                      seed:int=0):       # seed of the weights and of the batches

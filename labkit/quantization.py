@@ -4,9 +4,9 @@
 
 # %% auto 0
 __all__ = ['TFLITE_MODES', 'qrange', 'qparams', 'quantize', 'dequantize', 'tensor_qparams', 'fake_quantize',
-           'check_quantize_by_hand', 'digits_data', 'build_cnn', 'layer_complexity', 'train_classifier',
-           'keras_accuracy', 'is_qat', 'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side',
-           'compare_tflite', 'plot_comparison', 'quantization_goals', 'run_quantization_project']
+           'check_quantize_by_hand', 'build_cnn', 'layer_complexity', 'train_classifier', 'keras_accuracy', 'is_qat',
+           'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side', 'compare_tflite', 'plot_comparison',
+           'quantization_goals', 'run_quantization_project']
 
 # %% ../nbs/03_quantization.ipynb
 import os, sys, time, warnings
@@ -171,16 +171,6 @@ def check_quantize_by_hand(fn):
                                           f"{e.tolist() if key == 'q' else e!r}. {_by_hand_hint(key, g, x, lo, hi)}")
     return CheckResult(True, f"correct: scale, zero_point and q on {len(_BY_HAND_CASES)} tensors "
                              "(the exercise, the slide's example, and a range widened to contain 0)")
-
-# %% ../nbs/03_quantization.ipynb
-def digits_data(test_size:float=0.25, # share held out for testing
-                seed:int=0):          # seed of the stratified split
-    "sklearn's bundled 8x8 digits as float32 images in [0, 1]: X_train, X_test, y_train, y_test"
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
 
 # %% ../nbs/03_quantization.ipynb
 def build_cnn(filters:tuple=(32, 64), # channels of the two 3x3 convolutions
@@ -430,7 +420,7 @@ def run_quantization_project(epochs:int=None,           # float training epochs 
     "Train the CNN, convert it five ways, compare them: table, goals, Keras accuracies and the .tflite bytes"
     epochs, qat_epochs = epochs or pick(30, 8), qat_epochs or pick(5, 2)
     n_representative = n_representative or pick(300, 100)
-    X_train, X_test, y_train, y_test = digits_data(seed=seed)
+    X_train, X_test, y_train, y_test = digits_data(seed=seed, shape='image')
     net = build_cnn(seed=seed)
     train_classifier(net, X_train, y_train, epochs=epochs, seed=seed)
     representative = X_train[:n_representative]
