@@ -816,7 +816,7 @@ def check_function(fn,               # the student's function
     same = same or (lambda got, expected: _close(got, expected, rtol, atol))
     for args, expected, *hint in cases:
         got, failed = call_student(fn, *args)
-        if failed: return failed
+        if failed is not None: return failed
         if not same(got, expected):
             return CheckResult(False, f"`{name}{args!r}` returned {got!r}, expected {expected!r}. {hint[0] if hint else why}".strip())
     return CheckResult(True, f"correct: `{name}` passes {len(cases)} cases")

@@ -6,12 +6,12 @@
 __all__ = ['ALGORITHMS', 'FIXED_POINT_SCALE', 'iid_partition', 'dirichlet_partition', 'shard_partition', 'label_counts',
            'make_partitions', 'plot_label_mix', 'make_model', 'get_weights', 'set_weights', 'Client', 'Federation',
            'make_federation', 'digits_federation', 'train_on_client', 'evaluate', 'History', 'FederatedRoundFailed',
-           'validate_update', 'weighted_average', 'fedavg', 'fedsgd', 'cyclic_transfer', 'single_transfer',
-           'stochastic_transfer', 'centralised', 'comparison_settings', 'compare_algorithms', 'summarise',
-           'plot_histories', 'accuracy_per_class', 'encode_fixed', 'decode_fixed', 'fixed_point_bound',
-           'check_summable', 'MaskingClient', 'SecureAggregationRefused', 'SecureAggregationRound', 'secure_sum',
-           'secure_weighted_average', 'flower_client', 'checked_fedavg', 'flower_server', 'fl_server_cli',
-           'fl_client_cli', 'run_flower', 'check_weighted_average']
+           'validate_update', 'weighted_average', 'fedavg', 'check_claimed_share', 'fedsgd', 'cyclic_transfer',
+           'single_transfer', 'stochastic_transfer', 'centralised', 'comparison_settings', 'compare_algorithms',
+           'summarise', 'plot_histories', 'check_bytes_per_round', 'accuracy_per_class', 'encode_fixed', 'decode_fixed',
+           'fixed_point_bound', 'check_summable', 'MaskingClient', 'SecureAggregationRefused', 'SecureAggregationRound',
+           'secure_sum', 'secure_weighted_average', 'flower_client', 'checked_fedavg', 'flower_server', 'fl_server_cli',
+           'fl_client_cli', 'run_flower']
 
 # %% ../nbs/06_federated.ipynb
 from .core import *
@@ -270,6 +270,17 @@ def fedavg(fed:Federation,
     return h
 
 # %% ../nbs/06_federated.ipynb
+def check_claimed_share(fn):
+    "Self-check of the lying-client exercise: each case names the mistake it catches"
+    cases = [(([100, 300], 0, 100), 0.25, "an honest client's share is n_k / n (here 100 / 400): every client counted once "
+                                          "in the total, weighted by its examples (not 1 / len(sizes)), a share (not a count)."),
+             (([100, 300], 0, 900), 0.75, "the server only knows the claim: `claimed` replaces the liar's true size in the "
+                                          "total (900 / (300 + 900))."),
+             (([10, 30, 60], 2, 60), 0.6),
+             (([100, 100, 100], 1, 9_800), 0.98)]
+    return check_function(fn, cases, why="share = claimed / (the other clients' sizes + claimed).")
+
+# %% ../nbs/06_federated.ipynb
 def fedsgd(fed:Federation,
            rounds:int=200,
            frac:float=0.3,
@@ -378,6 +389,15 @@ def plot_histories(histories:dict,        # name -> History
     ax.set_xlabel('round' if x == 'round' else 'MB sent'); ax.set_ylabel('test accuracy'); ax.set_ylim(0, 1)
     if title: ax.set_title(title)
     return ax
+
+# %% ../nbs/06_federated.ipynb
+def check_bytes_per_round(fn):
+    "Self-check of the bytes-of-a-round exercise: each case names the mistake it catches"
+    cases = [((10, 0.3, 1_000), 6_000, 'a round samples round(frac × n_clients) clients, not all of them, and each moves '
+                                       'the model twice: down (the global model) and up (its trained weights).'),
+             ((10, 0.04, 1_000), 2_000, 'at least one client takes part, however small frac: max(1, ...).'),
+             ((20, 0.33, 10), 140, 'round to the nearest client (6.6 -> 7): int() truncates.')]
+    return check_function(fn, cases, why='bytes = max(1, round(frac × n_clients)) × 2 × model_bytes.')
 
 # %% ../nbs/06_federated.ipynb
 @torch.no_grad()
@@ -713,31 +733,3 @@ def run_flower(clients:int=3, rounds:int=3, partition:str='iid', local_epochs:in
     rec = json.loads(out.read_text())
     shutil.rmtree(work, ignore_errors=True)   # logs are kept only when the run failed
     return History(rec['name'], rec['rows'], meta={'exit_codes': codes, 'pids': [p.pid for p in procs]})
-
-# %% ../nbs/06_federated.ipynb
-def _weighted_average_hint(got, weights, sizes) -> str:
-    "Which usual mistake gives `got` as the weighted average of `weights` by `sizes`"
-    W, n = [np.asarray(w, dtype=np.float64) for w in weights], np.asarray(sizes, dtype=np.float64)
-    try: g = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError): return f"Return one NumPy vector, not {type(got).__name__}."
-    if g.shape != W[0].shape: return f"Return one vector of shape {W[0].shape} (the clients' vectors combined), not shape {g.shape}."
-    weighted = sum(k * w for k, w in zip(n, W))
-    mistakes = [(sum(W) / len(W), 'That is the plain mean: weight each vector by sizes[k] / sum(sizes), not 1 / len(weights).'),
-                (weighted, 'The weighted sum is not divided: divide it by sum(sizes), so the shares add up to 1.'),
-                (weighted / len(W), 'Divide by the number of examples, sum(sizes), not by the number of clients.'),
-                (sum(w / k for k, w in zip(n, W)) / np.sum(1 / n), 'Weight by sizes[k], not by its inverse: more examples, more say.')]
-    for wrong, hint in mistakes:
-        if np.allclose(g, wrong, atol=1e-6): return hint
-    return 'average = sum over k of sizes[k] * weights[k], divided by sum(sizes), element by element.'
-
-def check_weighted_average(fn):
-    "Self-check of the weighted-average exercise: names the mistake"
-    cases = [(([np.array([0., 0.]), np.array([1., 2.])], [1, 1]), np.array([0.5, 1.])),
-             (([np.array([0., 0.]), np.array([1., 2.])], [1, 3]), np.array([0.75, 1.5])),
-             (([np.array([2., -2., 4.]), np.array([0., 2., 0.]), np.array([-1., 0., 1.])], [10, 30, 60]),
-              np.array([-0.4, 0.4, 1.0]))]
-    for args, expected in cases:
-        r = check_function(fn, [(args, expected)], atol=1e-6)
-        if not r.ok and ' returned ' in r.message: return CheckResult(False, f"{r.message} {_weighted_average_hint(fn(*args), *args)}")
-        if not r.ok: return r
-    return CheckResult(True, f"correct: `{getattr(fn, '__name__', 'your function')}` passes {len(cases)} cases")

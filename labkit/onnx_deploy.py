@@ -4,15 +4,15 @@
 
 # %% auto 0
 __all__ = ['OPT_LEVELS', 'HEAVY_MODULES', 'EDGE_STACK', 'FULL_STACK', 'ort_max_ir_version', 'fit_ir_version', 'pick_providers',
-           'ort_session', 'session_report', 'import_tensorflow', 'import_yolo', 'train_digits_cnn', 'keras_to_onnx',
-           'output_parity', 'onnx_predict', 'keras_onnx_parity', 'savedmodel_to_onnx', 'slim_onnx', 'quantize_int8',
-           'graph_summary', 'time_side_by_side', 'onnx_variants_table', 'course_detector_weights', 'export_yolo_onnx',
-           'onnx_metadata', 'load_rgb', 'resize_linear', 'letterbox', 'to_input', 'box_iou', 'nms', 'decode_yolo',
-           'scale_boxes', 'EdgeDetector', 'draw_detections', 'match_boxes', 'box_agreement', 'precision_recall',
-           'ultralytics_detections', 'heldout_scenes', 'scene_truth', 'edge_probe_script', 'run_edge_probe',
-           'distribution_closure', 'installed_mb', 'detector_variants_table', 'optimisation_levels_table',
-           'keras_runners', 'yolo_runners', 'benchmark_rows', 'speed_table', 'plot_speed', 'check_detect_at',
-           'export_onnx_cli', 'NoImages', 'edge_detect_dir', 'onnx_detect_cli']
+           'ort_session', 'session_report', 'check_uses_gpu', 'import_tensorflow', 'import_yolo', 'train_digits_cnn',
+           'keras_to_onnx', 'output_parity', 'onnx_predict', 'keras_onnx_parity', 'savedmodel_to_onnx', 'slim_onnx',
+           'quantize_int8', 'graph_summary', 'time_side_by_side', 'onnx_variants_table', 'course_detector_weights',
+           'export_yolo_onnx', 'onnx_metadata', 'load_rgb', 'resize_linear', 'letterbox', 'to_input', 'box_iou', 'nms',
+           'decode_yolo', 'scale_boxes', 'EdgeDetector', 'draw_detections', 'match_boxes', 'box_agreement',
+           'precision_recall', 'ultralytics_detections', 'heldout_scenes', 'scene_truth', 'edge_probe_script',
+           'run_edge_probe', 'distribution_closure', 'installed_mb', 'detector_variants_table',
+           'optimisation_levels_table', 'keras_runners', 'yolo_runners', 'benchmark_rows', 'speed_table', 'plot_speed',
+           'check_detect_at', 'export_onnx_cli', 'NoImages', 'edge_detect_dir', 'onnx_detect_cli']
 
 # %% ../nbs/04_onnx.ipynb
 import ast, contextlib, json, os, shutil, subprocess, sys, tempfile, time
@@ -90,6 +90,21 @@ def session_report(session:ort.InferenceSession) -> dict:
             'optimisation level': opts.graph_optimization_level.name,
             'inputs': {i.name: i.shape for i in session.get_inputs()},
             'outputs': {o.name: o.shape for o in session.get_outputs()}}
+
+# %% ../nbs/04_onnx.ipynb
+_GPU_BUILD = ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']   # what onnxruntime-gpu lists
+
+def check_uses_gpu(fn):
+    "Self-check of the which-provider exercise: each case names the mistake it catches"
+    def report(used, listed=_GPU_BUILD): return {'providers used': used, 'providers listed': listed}
+    cases = [((report(['CPUExecutionProvider']),), False, "you read 'providers listed': onnxruntime-gpu lists CUDA even "
+                                                          "with no GPU; read 'providers used'."),
+             ((report(['CUDAExecutionProvider', 'CPUExecutionProvider']),), True, "CUDA in 'providers used' means the GPU "
+                                                          "runs the graph; CPU stays in the list as the fallback."),
+             ((report(['TensorrtExecutionProvider', 'CPUExecutionProvider']),), True, 'TensorRT runs on the GPU too.'),
+             ((report(['CPUExecutionProvider'], ['CPUExecutionProvider']),), False)]
+    return check_function(fn, cases, why='return True or False: is CUDA or TensorRT among the providers used?',
+                          same=lambda got, want: isinstance(got, (bool, np.bool_)) and bool(got) == want)
 
 # %% ../nbs/04_onnx.ipynb
 def import_tensorflow():
@@ -356,6 +371,7 @@ def nms(boxes:np.ndarray,    # [x0, y0, x1, y1] boxes
         order = order[box_iou(boxes[i], boxes[order])[0] <= iou]
     return np.array(keep, dtype=int)
 
+# %% ../nbs/04_onnx.ipynb
 def decode_yolo(pred:np.ndarray,     # one image's output, (4 + classes) x anchors
                 conf:float=0.25,     # lowest class score kept
                 iou:float=0.7,       # NMS overlap threshold
@@ -600,6 +616,7 @@ def yolo_runners(weights,             # YOLO .pt weights
         runners[name] = lambda x, s=sessions: s[len(x)].run(None, {'images': x})[0]
     return runners
 
+# %% ../nbs/04_onnx.ipynb
 def benchmark_rows(model:str,         # name of the model benchmarked
                    runners:dict,      # runner name -> function of one batch
                    inputs:dict,       # batch size -> input batch
@@ -642,13 +659,11 @@ def _subplots(n:int):
 # %% ../nbs/04_onnx.ipynb
 def check_detect_at(fn):
     "Self-check of the export-at-another-size exercise: boxes agree with ultralytics at 256 pixels"
-    name = getattr(fn, '__name__', 'your function')
-    folder = Path(tempfile.mkdtemp())
-    images = heldout_scenes(folder, n=3)
-    try: got = [fn(p, 256) for p in images]
-    except NotImplementedError:
-        return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-    except Exception as e: return CheckResult(False, f"`{name}(image, 256)` raised {type(e).__name__}: {e}")
+    images, got = heldout_scenes(Path(tempfile.mkdtemp()), n=3), []
+    for p in images:
+        detections, failed = call_student(fn, p, 256)
+        if failed is not None: return failed
+        got.append(detections)
     if not all(isinstance(g, dict) and {'boxes', 'scores', 'classes'} <= set(g) for g in got):
         return CheckResult(False, "return a dict with 'boxes', 'scores' and 'classes' for each image")
     ref = ultralytics_detections(course_detector_weights(), images, imgsz=256, conf=0.25)

@@ -5,11 +5,12 @@
 # %% auto 0
 __all__ = ['SURVEY_NOISE', 'RDP_ORDERS', 'survey_population', 'add_survey_noise', 'additive_noise_matrix', 'mechanism_epsilon',
            'randomized_response', 'two_coin_response', 'two_coin_matrix', 'rr_epsilon', 'rr_estimate', 'laplace_scale',
-           'laplace_mechanism', 'local_laplace', 'dp_mean', 'survey_rmse', 'digits_tensors', 'digits_mlp', 'Training',
-           'make_training', 'train_epoch', 'per_sample_losses', 'accuracy', 'train_digits_mlp',
-           'subsampled_gaussian_log_a', 'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold', 'attack_advantage',
-           'advantage_bound', 'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon', 'plot_advantage_vs_epsilon',
-           'epoch_time_comparison', 'privacy_goals', 'privacy_cli', 'check_rr_proportion_for_epsilon']
+           'laplace_mechanism', 'local_laplace', 'dp_mean', 'survey_rmse', 'check_mean_noise_scale', 'digits_tensors',
+           'digits_mlp', 'Training', 'make_training', 'train_epoch', 'per_sample_losses', 'accuracy',
+           'train_digits_mlp', 'subsampled_gaussian_log_a', 'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold',
+           'attack_advantage', 'advantage_bound', 'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon',
+           'plot_advantage_vs_epsilon', 'epoch_time_comparison', 'privacy_goals', 'privacy_cli',
+           'check_rr_proportion_for_epsilon']
 
 # %% ../nbs/05_privacy.ipynb
 import json, math, time, warnings
@@ -162,6 +163,16 @@ def survey_rmse(method:str,        # 'randomized response', 'local Laplace' or '
     return float(np.sqrt(np.mean((est - truth) ** 2)) / truth)
 
 # %% ../nbs/05_privacy.ipynb
+def check_mean_noise_scale(fn):
+    "Self-check of the noise-for-a-mean exercise: each case names the mistake it catches"
+    cases = [((0, 7, 100, 1.0), 0.07, 'one person moves the clipped mean by at most (hi - lo) / n: divide the range '
+                                      'by the number of people.'),
+             ((0, 7, 100, 0.5), 0.14, 'b = sensitivity / ε: a smaller ε needs more noise, not less.'),
+             ((-1, 1, 4, 1.0), 0.5, 'the range is hi - lo (here 2), not hi: a lower bound below 0 widens it.'),
+             ((2, 14, 1_000, 0.1), 0.12)]
+    return check_function(fn, cases, why='b = (hi - lo) / (n ε).')
+
+# %% ../nbs/05_privacy.ipynb
 def digits_tensors(test_size:float=0.25, # share held out: the non-members
                    seed:int=0            # seed of the stratified split
                   ) -> dict:
@@ -234,6 +245,7 @@ def make_training(data:dict,                # from `digits_tensors`
     else: model, optimizer, loader = private
     return Training(model, optimizer, loader, criterion, engine, delta=delta)
 
+# %% ../nbs/05_privacy.ipynb
 def train_epoch(t:Training) -> float:
     "One pass of `t`'s loader (with Poisson sampling under DP); returns its seconds"
     t.model.train()
@@ -456,6 +468,7 @@ def _jsonable(obj):
     if isinstance(obj, np.integer): return int(obj)
     return obj
 
+# %% ../nbs/05_privacy.ipynb
 def privacy_cli(epsilons:str='8,4,2,1,0.5', # target budgets, comma-separated
                 epochs:int=30,              # epochs of each private model and of the plain baseline
                 memorize_epochs:int=300,    # epochs of the non-private model trained to memorize
