@@ -28,11 +28,11 @@ def main(argv=None) -> int:
 
     import numpy as np, pandas as pd, torch
     torch.set_num_threads(args.threads)
-    from labkit.core import fast_mode
-    from labkit.federated import (load_digits_split, make_partitions, make_federation, compare_algorithms, summarise,
+    from labkit.core import digits_data, fast_mode
+    from labkit.federated import (make_partitions, make_federation, compare_algorithms, summarise,
                                   comparison_settings, fedavg, fedsgd, secure_sum, decode_fixed, MaskingClient)
     t_start = time.perf_counter()
-    X, y, X_te, y_te = load_digits_split()
+    X, X_te, y, y_te = digits_data()
     partitions = make_partitions(y, 10, args.alpha, seed=0)
     settings = comparison_settings()
 

@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != HERE]   # this file is onnx.py: do not shadow the onnx package
 sys.path.insert(0, str(HERE.parent))
 from labkit.onnx_deploy import *            # noqa: E402  (numpy, Pillow, onnxruntime only at import)
+from labkit.core import digits_data         # noqa: E402
 
 
 def markdown_table(df) -> str:
@@ -38,14 +39,14 @@ def main(argv=None) -> int:
     p.add_argument('--out', default=None, help='write the JSON here too')
     a = p.parse_args(argv)
 
-    tf = import_tensorflow()                               # triton first, then TensorFlow (see the notebook)
+    tf = import_tensorflow()                               # core's import hook loads triton first (see 00_core)
     tf.config.threading.set_intra_op_parallelism_threads(a.threads)
     import torch
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix='onnx_bench_'))
     t0 = time.perf_counter()
 
-    X_train, X_test, y_train, y_test = digits_images()
+    X_train, X_test, y_train, y_test = digits_data(shape='image')
     cnn = train_digits_cnn(X_train, y_train, epochs=10)
     cnn_onnx = keras_to_onnx(cnn, work/'digits_cnn.onnx')
     parity = keras_onnx_parity(cnn, cnn_onnx, X_test)

@@ -708,13 +708,7 @@ def check_gate(fn):
              ((12.0, None, 0.02, {'a': True}), True, 'with no champion yet, a challenger that passes its checks is promoted'),
              ((12.0, None, 0.02, {'a': False}), False, 'with no champion, the behavioural checks still apply'),
              ((11.0, 10.0, 0.02, {'a': True}), False, 'a higher RMSE is worse: lower is better')]
-    name = getattr(fn, '__name__', 'your function')
-    for args, want, mistake in cases:
-        try: got = fn(*args)
-        except NotImplementedError: return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-        except Exception as e: return CheckResult(False, f"`{name}{args!r}` raised {type(e).__name__}: {e}")
-        if bool(got) != want: return CheckResult(False, f"`{name}{args!r}` returned {got!r}, expected {want}: {mistake}")
-    return CheckResult(True, f"correct: `{name}` passes {len(cases)} cases")
+    return check_function(fn, cases, same=lambda got, want: bool(got) == want)
 
 # %% ../nbs/10_model_management.ipynb
 def check_best_run(fn):
@@ -725,8 +719,7 @@ def check_best_run(fn):
                 'd': 'run d has the highest RMSE: RMSE is lower-is-better (ascending order)',
                 'a': 'run a is not the lowest RMSE among finished runs'}
     name = getattr(fn, '__name__', 'your function')
-    try: got = fn(runs.copy())
-    except NotImplementedError: return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-    except Exception as e: return CheckResult(False, f"`{name}(runs)` raised {type(e).__name__}: {e}")
+    got, failed = call_student(fn, runs.copy())
+    if failed is not None: return failed
     if got == 'c': return CheckResult(True, f"correct: `{name}` picks run c")
     return CheckResult(False, f"`{name}(runs)` returned {got!r}, expected 'c': {mistakes.get(got, 'return the run_id value (a string)')}")

@@ -4,7 +4,7 @@
 
 # %% auto 0
 __all__ = ['OPT_LEVELS', 'HEAVY_MODULES', 'EDGE_STACK', 'FULL_STACK', 'ort_max_ir_version', 'fit_ir_version', 'pick_providers',
-           'ort_session', 'session_report', 'import_tensorflow', 'import_yolo', 'digits_images', 'train_digits_cnn',
+           'ort_session', 'session_report', 'check_uses_gpu', 'import_tensorflow', 'import_yolo', 'train_digits_cnn',
            'keras_to_onnx', 'output_parity', 'onnx_predict', 'keras_onnx_parity', 'savedmodel_to_onnx', 'slim_onnx',
            'quantize_int8', 'graph_summary', 'time_side_by_side', 'onnx_variants_table', 'course_detector_weights',
            'export_yolo_onnx', 'onnx_metadata', 'load_rgb', 'resize_linear', 'letterbox', 'to_input', 'box_iou', 'nms',
@@ -92,11 +92,23 @@ def session_report(session:ort.InferenceSession) -> dict:
             'outputs': {o.name: o.shape for o in session.get_outputs()}}
 
 # %% ../nbs/04_onnx.ipynb
+_GPU_BUILD = ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']   # what onnxruntime-gpu lists
+
+def check_uses_gpu(fn):
+    "Self-check of the which-provider exercise: each case names the mistake it catches"
+    def report(used, listed=_GPU_BUILD): return {'providers used': used, 'providers listed': listed}
+    cases = [((report(['CPUExecutionProvider']),), False, "you read 'providers listed': onnxruntime-gpu lists CUDA even "
+                                                          "with no GPU; read 'providers used'."),
+             ((report(['CUDAExecutionProvider', 'CPUExecutionProvider']),), True, "CUDA in 'providers used' means the GPU "
+                                                          "runs the graph; CPU stays in the list as the fallback."),
+             ((report(['TensorrtExecutionProvider', 'CPUExecutionProvider']),), True, 'TensorRT runs on the GPU too.'),
+             ((report(['CPUExecutionProvider'], ['CPUExecutionProvider']),), False)]
+    return check_function(fn, cases, why='return True or False: is CUDA or TensorRT among the providers used?',
+                          same=lambda got, want: isinstance(got, (bool, np.bool_)) and bool(got) == want)
+
+# %% ../nbs/04_onnx.ipynb
 def import_tensorflow():
-    "TensorFlow, imported after triton when triton is installed (triton segfaults when loaded after TensorFlow)"
-    if 'tensorflow' not in sys.modules:
-        try: import triton  # noqa: F401
-        except ImportError: pass
+    "TensorFlow, quiet (core's import hook has loaded triton before it: triton segfaults when loaded after TensorFlow)"
     with native_stderr_silenced():   # CUDA probing messages written by TensorFlow's C++ start-up
         import tensorflow as tf
         tf.config.list_physical_devices()
@@ -104,24 +116,13 @@ def import_tensorflow():
     return tf
 
 def import_yolo():
-    "ultralytics' YOLO class, offline; keeps triton out when TensorFlow is already loaded; passive OpenMP threads"
-    if 'tensorflow' in sys.modules and 'triton' not in sys.modules: sys.modules['triton'] = None   # import triton -> ImportError
+    "ultralytics' YOLO class, offline, with passive OpenMP threads"
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # read when PyTorch loads OpenMP: idle threads sleep, not spin
     offline_ultralytics()
     from ultralytics import YOLO
     return YOLO
 
 # %% ../nbs/04_onnx.ipynb
-def digits_images(test_size:float=0.25, # share held out for testing
-                  seed:int=0            # seed of the split
-                 ):
-    "scikit-learn's 8x8 digits as float32 images (N, 8, 8, 1) in [0, 1]: X_train, X_test, y_train, y_test"
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-
 def train_digits_cnn(X, y,              # training images (N, 8, 8, 1) and labels
                      epochs:int=20,     # passes over the training set
                      seed:int=0):       # seed of the weights and of the batches
@@ -370,6 +371,7 @@ def nms(boxes:np.ndarray,    # [x0, y0, x1, y1] boxes
         order = order[box_iou(boxes[i], boxes[order])[0] <= iou]
     return np.array(keep, dtype=int)
 
+# %% ../nbs/04_onnx.ipynb
 def decode_yolo(pred:np.ndarray,     # one image's output, (4 + classes) x anchors
                 conf:float=0.25,     # lowest class score kept
                 iou:float=0.7,       # NMS overlap threshold
@@ -614,6 +616,7 @@ def yolo_runners(weights,             # YOLO .pt weights
         runners[name] = lambda x, s=sessions: s[len(x)].run(None, {'images': x})[0]
     return runners
 
+# %% ../nbs/04_onnx.ipynb
 def benchmark_rows(model:str,         # name of the model benchmarked
                    runners:dict,      # runner name -> function of one batch
                    inputs:dict,       # batch size -> input batch
@@ -656,13 +659,11 @@ def _subplots(n:int):
 # %% ../nbs/04_onnx.ipynb
 def check_detect_at(fn):
     "Self-check of the export-at-another-size exercise: boxes agree with ultralytics at 256 pixels"
-    name = getattr(fn, '__name__', 'your function')
-    folder = Path(tempfile.mkdtemp())
-    images = heldout_scenes(folder, n=3)
-    try: got = [fn(p, 256) for p in images]
-    except NotImplementedError:
-        return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-    except Exception as e: return CheckResult(False, f"`{name}(image, 256)` raised {type(e).__name__}: {e}")
+    images, got = heldout_scenes(Path(tempfile.mkdtemp()), n=3), []
+    for p in images:
+        detections, failed = call_student(fn, p, 256)
+        if failed is not None: return failed
+        got.append(detections)
     if not all(isinstance(g, dict) and {'boxes', 'scores', 'classes'} <= set(g) for g in got):
         return CheckResult(False, "return a dict with 'boxes', 'scores' and 'classes' for each image")
     ref = ultralytics_detections(course_detector_weights(), images, imgsz=256, conf=0.25)

@@ -5,11 +5,12 @@
 # %% auto 0
 __all__ = ['SURVEY_NOISE', 'RDP_ORDERS', 'survey_population', 'add_survey_noise', 'additive_noise_matrix', 'mechanism_epsilon',
            'randomized_response', 'two_coin_response', 'two_coin_matrix', 'rr_epsilon', 'rr_estimate', 'laplace_scale',
-           'laplace_mechanism', 'local_laplace', 'dp_mean', 'survey_rmse', 'digits_split', 'digits_mlp', 'Training',
-           'make_training', 'train_epoch', 'per_sample_losses', 'accuracy', 'train_digits_mlp',
-           'subsampled_gaussian_log_a', 'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold', 'attack_advantage',
-           'advantage_bound', 'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon', 'plot_advantage_vs_epsilon',
-           'epoch_time_comparison', 'privacy_goals', 'privacy_cli', 'check_rr_proportion_for_epsilon']
+           'laplace_mechanism', 'local_laplace', 'dp_mean', 'survey_rmse', 'check_mean_noise_scale', 'digits_tensors',
+           'digits_mlp', 'Training', 'make_training', 'train_epoch', 'per_sample_losses', 'accuracy',
+           'train_digits_mlp', 'subsampled_gaussian_log_a', 'rdp_to_epsilon', 'dp_sgd_epsilon', 'best_loss_threshold',
+           'attack_advantage', 'advantage_bound', 'privacy_sweep', 'sweep_table', 'plot_accuracy_vs_epsilon',
+           'plot_advantage_vs_epsilon', 'epoch_time_comparison', 'privacy_goals', 'privacy_cli',
+           'check_rr_proportion_for_epsilon']
 
 # %% ../nbs/05_privacy.ipynb
 import json, math, time, warnings
@@ -162,17 +163,23 @@ def survey_rmse(method:str,        # 'randomized response', 'local Laplace' or '
     return float(np.sqrt(np.mean((est - truth) ** 2)) / truth)
 
 # %% ../nbs/05_privacy.ipynb
-def digits_split(test_size:float=0.25, # share held out: the non-members
-                 seed:int=0            # seed of the stratified split
-                ) -> dict:
-    "Digits as float tensors scaled to [-0.5, 0.5] by a fixed rule, split into train (members) and test"
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0 - 0.5).astype(np.float32)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-    return {'X_train': torch.tensor(Xtr), 'y_train': torch.tensor(ytr),
-            'X_test': torch.tensor(Xte), 'y_test': torch.tensor(yte)}
+def check_mean_noise_scale(fn):
+    "Self-check of the noise-for-a-mean exercise: each case names the mistake it catches"
+    cases = [((0, 7, 100, 1.0), 0.07, 'one person moves the clipped mean by at most (hi - lo) / n: divide the range '
+                                      'by the number of people.'),
+             ((0, 7, 100, 0.5), 0.14, 'b = sensitivity / ε: a smaller ε needs more noise, not less.'),
+             ((-1, 1, 4, 1.0), 0.5, 'the range is hi - lo (here 2), not hi: a lower bound below 0 widens it.'),
+             ((2, 14, 1_000, 0.1), 0.12)]
+    return check_function(fn, cases, why='b = (hi - lo) / (n ε).')
+
+# %% ../nbs/05_privacy.ipynb
+def digits_tensors(test_size:float=0.25, # share held out: the non-members
+                   seed:int=0            # seed of the stratified split
+                  ) -> dict:
+    "Core's `digits_data` as torch tensors centred by a fixed rule (x - 0.5): train (members) and test"
+    X_train, X_test, y_train, y_test = digits_data(test_size, seed)
+    return {'X_train': torch.tensor(X_train - 0.5), 'y_train': torch.tensor(y_train),
+            'X_test': torch.tensor(X_test - 0.5), 'y_test': torch.tensor(y_test)}
 
 def digits_mlp(hidden:int=64 # width of the hidden layer
               ) -> nn.Module:
@@ -208,7 +215,7 @@ class Training:
             return float(self.engine.get_epsilon(self.delta))
 
 # %% ../nbs/05_privacy.ipynb
-def make_training(data:dict,                # from `digits_split`
+def make_training(data:dict,                # from `digits_tensors`
                   epsilon:float|None=None,  # target ε; None trains without DP
                   epochs:int=30,            # epochs the budget is planned for
                   batch_size:int=512,       # expected batch size (Poisson sampling under DP)
@@ -238,6 +245,7 @@ def make_training(data:dict,                # from `digits_split`
     else: model, optimizer, loader = private
     return Training(model, optimizer, loader, criterion, engine, delta=delta)
 
+# %% ../nbs/05_privacy.ipynb
 def train_epoch(t:Training) -> float:
     "One pass of `t`'s loader (with Poisson sampling under DP); returns its seconds"
     t.model.train()
@@ -266,7 +274,7 @@ def accuracy(model:nn.Module, X:torch.Tensor, y:torch.Tensor) -> float:
     return float((model(X).argmax(1) == y).float().mean())
 
 # %% ../nbs/05_privacy.ipynb
-def train_digits_mlp(data:dict,               # from `digits_split`
+def train_digits_mlp(data:dict,               # from `digits_tensors`
                  epsilon:float|None=None, # target ε; None trains without DP
                  epochs:int=30,           # training epochs (the budget is planned for these)
                  desc:str=None,           # label of the progress bar
@@ -346,7 +354,7 @@ def advantage_bound(epsilon:float, delta:float=1e-5) -> float:
     return min(1.0, (math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1))
 
 # %% ../nbs/05_privacy.ipynb
-def privacy_sweep(data:dict,                       # from `digits_split`
+def privacy_sweep(data:dict,                       # from `digits_tensors`
                   epsilons=(8, 4, 2, 1, 0.5),      # target budgets trained with DP
                   epochs:int=30,                   # epochs of every model but the memorizing one
                   memorize_epochs:int=300,         # epochs of the non-private model trained to memorize
@@ -417,7 +425,7 @@ def plot_advantage_vs_epsilon(table:pd.DataFrame, # from `sweep_table`
     ax.legend(fontsize=8); return ax
 
 # %% ../nbs/05_privacy.ipynb
-def epoch_time_comparison(data:dict,            # from `digits_split`
+def epoch_time_comparison(data:dict,            # from `digits_tensors`
                           epochs:int=10,        # epochs timed for each
                           epsilon:float=1.0,    # budget of the private trainings
                           modes=('ghost', 'hooks'), # Opacus per-sample gradient modes timed
@@ -460,6 +468,7 @@ def _jsonable(obj):
     if isinstance(obj, np.integer): return int(obj)
     return obj
 
+# %% ../nbs/05_privacy.ipynb
 def privacy_cli(epsilons:str='8,4,2,1,0.5', # target budgets, comma-separated
                 epochs:int=30,              # epochs of each private model and of the plain baseline
                 memorize_epochs:int=300,    # epochs of the non-private model trained to memorize
@@ -470,7 +479,7 @@ def privacy_cli(epsilons:str='8,4,2,1,0.5', # target budgets, comma-separated
                ) -> int:
     "Train, account and attack across ε; print the table as JSON and text; write figures"
     torch.set_num_threads(threads)
-    data = digits_split()
+    data = digits_tensors()
     rows = privacy_sweep(data, [float(e) for e in epsilons.split(',')], epochs, memorize_epochs, range(seeds))
     table = sweep_table(rows)
     timing = epoch_time_comparison(data, epochs=timing_epochs)

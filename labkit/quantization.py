@@ -4,9 +4,9 @@
 
 # %% auto 0
 __all__ = ['TFLITE_MODES', 'qrange', 'qparams', 'quantize', 'dequantize', 'tensor_qparams', 'fake_quantize',
-           'check_quantize_by_hand', 'digits_data', 'build_cnn', 'layer_complexity', 'train_classifier',
-           'keras_accuracy', 'is_qat', 'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side',
-           'compare_tflite', 'plot_comparison', 'quantization_goals', 'run_quantization_project']
+           'check_quantize_by_hand', 'build_cnn', 'layer_complexity', 'train_classifier', 'keras_accuracy', 'is_qat',
+           'to_tflite', 'TFLiteModel', 'qat_model', 'latency_side_by_side', 'compare_tflite', 'plot_comparison',
+           'quantization_goals', 'check_size_ratio', 'run_quantization_project']
 
 # %% ../nbs/03_quantization.ipynb
 import os, sys, time, warnings
@@ -144,6 +144,7 @@ def _by_hand_hint(name, got, x, lo, hi) -> str:
         if np.array_equal(got, np.clip(q_raw - 128, -128, 127)): return "Those are int8 levels (-128..127): this exercise is uint8, 0..255."
     return "q = clamp(round(x / scale) + zero_point, 0, 255), one integer per value of x."
 
+# %% ../nbs/03_quantization.ipynb
 def _same(key, got, expected) -> bool:
     "Student's value equals the right one: scale to 1e-6 relative, zero point and q exactly"
     try:
@@ -155,11 +156,8 @@ def check_quantize_by_hand(fn):
     "Self-check of the by-hand exercise: says which of scale, zero_point and q is wrong, and why"
     name = getattr(fn, '__name__', 'your function')
     for x, lo, hi in _BY_HAND_CASES:
-        try: got = fn(list(x), lo, hi)
-        except NotImplementedError:
-            return CheckResult(False, f"`{name}` is not written yet: replace the `raise NotImplementedError` in its cell by your code")
-        except Exception as e:
-            return CheckResult(False, f"`{name}({x}, {lo}, {hi})` raised {type(e).__name__}: {e}")
+        got, failed = call_student(fn, list(x), lo, hi)
+        if failed is not None: return failed
         if not (isinstance(got, tuple) and len(got) == 3):
             return CheckResult(False, f"`{name}` must return a tuple (scale, zero_point, q), it returned {got!r}")
         scale, zero_point = qparams(lo, hi)
@@ -171,16 +169,6 @@ def check_quantize_by_hand(fn):
                                           f"{e.tolist() if key == 'q' else e!r}. {_by_hand_hint(key, g, x, lo, hi)}")
     return CheckResult(True, f"correct: scale, zero_point and q on {len(_BY_HAND_CASES)} tensors "
                              "(the exercise, the slide's example, and a range widened to contain 0)")
-
-# %% ../nbs/03_quantization.ipynb
-def digits_data(test_size:float=0.25, # share held out for testing
-                seed:int=0):          # seed of the stratified split
-    "sklearn's bundled 8x8 digits as float32 images in [0, 1]: X_train, X_test, y_train, y_test"
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
 
 # %% ../nbs/03_quantization.ipynb
 def build_cnn(filters:tuple=(32, 64), # channels of the two 3x3 convolutions
@@ -271,20 +259,33 @@ def to_tflite(model,                # a trained Keras model (float, or wrapped f
     finally: logger.setLevel(level)
 
 # %% ../nbs/03_quantization.ipynb
+def _interpreter(content:bytes, num_threads:int, xnnpack:bool):
+    "A LiteRT interpreter of the flatbuffer `content`, its tensors allocated"
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+def _named_tensor(interpreter, name:str) -> dict:
+    "Values and quantization parameters of the tensor called `name`, or a KeyError listing the names"
+    details = interpreter.get_tensor_details()
+    for t in details:
+        if t['name'] == name:
+            qp = t['quantization_parameters']
+            return {'name': name, 'values': interpreter.get_tensor(t['index']), 'scales': qp['scales'],
+                    'zero_points': qp['zero_points'], 'axis': qp['quantized_dimension']}
+    raise KeyError(f"no tensor {name!r}; the graph has: {[t['name'] for t in details]}")
+
+# %% ../nbs/03_quantization.ipynb
 class TFLiteModel:
     "A .tflite flatbuffer in the LiteRT interpreter; `predict` takes and returns floats whatever the tensor types"
     def __init__(self, content:bytes,      # the flatbuffer, as `to_tflite` returns it
                  num_threads:int=1,        # CPU threads of the interpreter
                  xnnpack:bool=True):       # use LiteRT's default XNNPACK delegate (else the built-in kernels)
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-        self.content = content
-        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.interpreter = Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
-        self.interpreter.allocate_tensors()
+        self.content, self.size, self.interpreter = content, len(content), _interpreter(content, num_threads, xnnpack)
         self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
 
-    @property
-    def size(self) -> int: return len(self.content)
     @property
     def input_qparams(self) -> tuple: return self.input['quantization']
     @property
@@ -296,13 +297,7 @@ class TFLiteModel:
 
     def tensor(self, name:str) -> dict:
         "Values and quantization parameters of the tensor called `name`"
-        details = self.interpreter.get_tensor_details()
-        for t in details:
-            if t['name'] == name:
-                qp = t['quantization_parameters']
-                return {'name': name, 'values': self.interpreter.get_tensor(t['index']), 'scales': qp['scales'],
-                        'zero_points': qp['zero_points'], 'axis': qp['quantized_dimension']}
-        raise KeyError(f"no tensor {name!r}; the graph has: {[t['name'] for t in details]}")
+        return _named_tensor(self.interpreter, name)
 
     def _set_input(self, x):
         "Put one float image (quantized when the input is an integer tensor) into the input tensor"
@@ -358,6 +353,7 @@ def _weight_type(runner) -> str:
     dtypes = {np.dtype(t['dtype']).name for t in details if int(np.prod(t['shape'])) == n}
     return next(iter(sorted(dtypes - {'float32'})), 'float32')
 
+# %% ../nbs/03_quantization.ipynb
 def compare_tflite(models:dict,       # name -> .tflite bytes; the one named 'float32' is the reference
                    keras_model,       # the float Keras model (for parameters and MACs)
                    X_test, y_test,    # held-out images and labels
@@ -423,6 +419,18 @@ def quantization_goals(table:pd.DataFrame) -> dict:
     return out
 
 # %% ../nbs/03_quantization.ipynb
+def check_size_ratio(fn):
+    "Self-check of the file-size exercise: each case names the mistake it catches"
+    cases = [((100_000, 0, 'float16'), 2.0, 'float16 stores each weight in 2 bytes: 4 / 2.'),
+             ((100_000, 0, 'dynamic'), 4.0, 'dynamic-range quantization stores the weights as int8 (1 byte), like full int8; '
+                                            'only the activations stay float.'),
+             ((10_000, 20_000, 'int8'), 2.0, 'the overhead is in both files: (4 n + overhead) / (1 n + overhead), so a small '
+                                            'model gains much less than 4x.'),
+             ((1_000, 5_000, 'float32'), 1.0, 'float32 is the reference: its ratio to itself is 1.'),
+             ((100_000, 8_000, 'int8'), 408_000 / 108_000)]
+    return check_function(fn, cases, why='ratio = (4 n_params + overhead) / (bytes per weight × n_params + overhead).')
+
+# %% ../nbs/03_quantization.ipynb
 def run_quantization_project(epochs:int=None,           # float training epochs (default 30, or 8 in fast mode)
                              qat_epochs:int=None,       # QAT fine-tuning epochs (default 5, or 2 in fast mode)
                              n_representative:int=None, # calibration images for int8 PTQ (default 300, or 100)
@@ -430,7 +438,7 @@ def run_quantization_project(epochs:int=None,           # float training epochs 
     "Train the CNN, convert it five ways, compare them: table, goals, Keras accuracies and the .tflite bytes"
     epochs, qat_epochs = epochs or pick(30, 8), qat_epochs or pick(5, 2)
     n_representative = n_representative or pick(300, 100)
-    X_train, X_test, y_train, y_test = digits_data(seed=seed)
+    X_train, X_test, y_train, y_test = digits_data(seed=seed, shape='image')
     net = build_cnn(seed=seed)
     train_classifier(net, X_train, y_train, epochs=epochs, seed=seed)
     representative = X_train[:n_representative]

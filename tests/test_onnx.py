@@ -22,10 +22,10 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import labkit.onnx_deploy as od
-from labkit.core import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, discover_files, sha256_file
+from labkit.core import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, digits_data, discover_files, sha256_file
 from hostile_inputs import evil_pt, huge_png_header
 
-from labkit.onnx_deploy import (EDGE_STACK, HEAVY_MODULES, box_agreement, course_detector_weights, digits_images,
+from labkit.onnx_deploy import (EDGE_STACK, HEAVY_MODULES, box_agreement, course_detector_weights,
                                 distribution_closure, export_yolo_onnx, heldout_scenes, keras_onnx_parity,
                                 keras_to_onnx, run_edge_probe, train_digits_cnn, ultralytics_detections)
 
@@ -79,7 +79,7 @@ def test_edge_detector_imports_no_heavy_module(detector):
 
 
 def test_keras_onnx_parity():
-    X_train, X_test, y_train, y_test = digits_images()
+    X_train, X_test, y_train, y_test = digits_data(shape='image')
     model = train_digits_cnn(X_train, y_train, epochs=3)
     parity = keras_onnx_parity(model, keras_to_onnx(model), X_test)
     assert parity['n'] == len(X_test)

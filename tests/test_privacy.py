@@ -6,7 +6,7 @@ import pytest
 from labkit.privacy import (SURVEY_NOISE, add_survey_noise, additive_noise_matrix, dp_mean, dp_sgd_epsilon,
                             laplace_mechanism, laplace_scale, local_laplace, mechanism_epsilon, randomized_response,
                             rr_epsilon, rr_estimate, survey_population, two_coin_matrix, two_coin_response,
-                            digits_split, privacy_sweep, subsampled_gaussian_log_a)
+                            digits_tensors, privacy_sweep, subsampled_gaussian_log_a)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 4000   # seeded repetitions of each survey
@@ -146,7 +146,7 @@ def test_edge_settings_of_the_accountant():
 
 def test_privacy_sweep_with_full_batches():
     "A batch at least the size of the training set gives sample rate 1; the sweep still accounts it"
-    data = digits_split()
+    data = digits_tensors()
     rows = privacy_sweep(data, epsilons=(8,), epochs=2, memorize_epochs=1, batch_size=len(data['y_train']) + 10)
     dp = next(r for r in rows if r['setting'] == 'DP ε=8')
     assert dp['sample_rate'] == 1.0 and dp['steps'] == 2
