@@ -15,21 +15,12 @@ Goal: watched within 5 % of bare. Prints a table and the figures as JSON.
 """
 import argparse, json, os, sys, tempfile, time
 from pathlib import Path
-from labkit.core import LocalService, find_program, free_port
+from labkit.core import LocalService, cpu_seconds, find_program, free_port
 from labkit.monitoring import serve_monitor
 from labkit.monitoring_stack import prometheus_config, salary_reference, wait_until, prometheus_api
 from labkit.serving import GunicornServer, load_test
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
-
-def cpu_seconds(pids) -> float:
-    "user + system CPU time of these processes (Linux /proc)"
-    tick, total = os.sysconf('SC_CLK_TCK'), 0
-    for pid in pids:
-        try: fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-        except OSError: continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 def start_watchers(work:Path, log_dir:Path, app_port:int):
     "The monitor on the watched server's log, and Prometheus scraping that server and the monitor every second"

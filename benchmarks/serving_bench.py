@@ -17,18 +17,10 @@ import platform
 import os
 import sys
 import numpy as np
+from labkit.core import cpu_seconds
 from labkit.serving import GunicornServer, load_test
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
-
-def cpu_seconds(pids) -> float:
-    "user + system CPU time of these processes (Linux /proc)"
-    tick, total = os.sysconf('SC_CLK_TCK'), 0
-    for pid in pids:
-        try: fields = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-        except OSError: continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 def bench(workers:int=2, requests:int=3000, concurrency:int=4, rounds:int=20, warmup:int=200) -> dict:
     routes = {'/health': None, '/predict': RECORD}

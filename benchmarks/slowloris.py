@@ -13,7 +13,8 @@ answered/total and the p50/p99 latency of the probes, an unanswered probe counti
 """
 import argparse, http.client, json, os, sys, time
 import numpy as np
-from labkit.serving import GunicornServer, SlowClients, http_call
+from labkit.core import http_call
+from labkit.serving import GunicornServer, SlowClients
 
 def probe_while_slow(url:str, sockets:int=40, seconds:float=20, every:float=2.0, probe_every:float=0.25, timeout:float=5.0) -> dict:
     "Probe /health for `seconds` while `sockets` slow clients hold connections"

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from .core import *
 from .serving import (SALARY_FEATURES, TARGET, FEATURE_RANGES, MODEL_FILE, make_hiring, clean_hiring, split_hiring, train_salary_model,
-                      predict_salary, save_model, load_model, ModelRegistry, default_registry_dir, http_call, wait_until_up,
+                      predict_salary, save_model, load_model, ModelRegistry, default_registry_dir,
                       GunicornServer)
 
 # %% ../nbs/12_cicd.ipynb

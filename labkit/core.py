@@ -12,8 +12,9 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'ImageRejected', 'open_image', 'gpu_available', 'torch_device', 'requires_gpu', 'identity_onnx_model',
            'seed_everything', 'digits_data', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
-           'LocalService', 'RequestLog', 'file_lock', 'append', 'scan', 'records', 'CheckResult', 'check_values',
-           'call_student', 'check_function', 'check_fingerprint']
+           'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
+           'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
+           'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -636,6 +637,72 @@ class LocalService:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
     def __repr__(self): return f"LocalService({self.name!r}, port={self.port}, data={str(self.data)!r})"
+
+# %% ../nbs/00_core.ipynb
+import http.client, urllib.parse
+
+
+# %% ../nbs/00_core.ipynb
+def http_call(url:str,             # full URL, e.g. http://127.0.0.1:8000/predict
+              method:str='GET',    # HTTP method
+              body=None,           # a JSON-able value, or bytes sent as they are; None: no body
+              headers:dict=None,   # extra request headers
+              timeout:float=5.0    # seconds for connecting and for each read
+             ) -> tuple:
+    "One HTTP request on a fresh connection: (status, parsed JSON or text, seconds)"
+    u = urllib.parse.urlsplit(url)
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    hdrs = {'Content-Type': 'application/json', **(headers or {})} if data is not None else dict(headers or {})
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.connect()   # http.client sends headers and body in two writes: without TCP_NODELAY, Nagle delays the body
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.request(method, u.path + (f'?{u.query}' if u.query else ''), body=data, headers=hdrs)
+        resp = conn.getresponse(); raw = resp.read()
+    finally: conn.close()
+    ctype = resp.getheader('Content-Type', '')
+    return resp.status, (json.loads(raw) if 'json' in ctype else raw.decode(errors='replace')), time.perf_counter() - t0
+
+def wait_until_up(url:str,             # a URL that answers 200 once the service is ready
+                  timeout:float=30.0,  # seconds to wait at most
+                  proc=None            # its process: stop waiting when it exits
+                 ) -> bool:
+    "Poll `url` until it answers 200 (bounded by `timeout`; stops early if `proc` exited)"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None: return False
+        try:
+            if http_call(url, timeout=2)[0] == 200: return True
+        except (OSError, http.client.HTTPException): pass   # not listening yet, or an answer cut short
+        time.sleep(0.1)
+    return False
+
+
+# %% ../nbs/00_core.ipynb
+def _proc_stat(pid:int) -> list|None:
+    "The fields of /proc/PID/stat after the command name (None once the process is gone)"
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except (OSError, IndexError): return None
+
+def child_pids(pid:int) -> list:
+    "Live processes whose parent is `pid` (read from /proc)"
+    out = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        fields = _proc_stat(stat.parent.name)
+        if fields and int(fields[1]) == pid and fields[0] != 'Z': out.append(int(stat.parent.name))
+    return sorted(out)
+
+def cpu_seconds(pids,                 # process ids; one that has ended counts 0
+                children:bool=False   # also count the children each has waited for
+               ) -> float:
+    "User + system CPU seconds these processes used so far (from /proc)"
+    total = 0
+    for pid in pids:
+        if (fields := _proc_stat(pid)) is None: continue
+        total += sum(int(v) for v in fields[11:15 if children else 13])
+    return total / os.sysconf('SC_CLK_TCK')
+
 
 # %% ../nbs/00_core.ipynb
 import fcntl, re

@@ -8,8 +8,8 @@ __all__ = ['BATCH_COLUMNS', 'DONE_DIR', 'BATCH_REPORT', 'STREAM', 'GROUP', 'RESU
            'ChunkRejected', 'write_chunks', 'hiring_requests', 'read_chunk', 'chunk_done', 'score_chunk', 'run_batch',
            'precalculate', 'lookup_score', 'redis_service', 'redis_client', 'publish', 'ensure_group',
            'handle_messages', 'consume', 'batch_score_cli', 'redis_cli', 'stream_publish_cli', 'stream_consume_cli',
-           'salary_sql', 'sql_predict', 'salary_js', 'js_predict', 'edge_model', 'within_budget', 'process_cpu_seconds',
-           'cpu_clock', 'deployment_row', 'measure_batch', 'measure_precalculated', 'measure_online', 'measure_edge',
+           'salary_sql', 'sql_predict', 'salary_js', 'js_predict', 'edge_model', 'within_budget', 'cpu_clock',
+           'deployment_row', 'measure_batch', 'measure_precalculated', 'measure_online', 'measure_edge',
            'measure_streaming', 'web_assets_dir', 'web_assets_ready', 'fetch_web_assets', 'page_files', 'BrowserPage',
            'web_assets_cli', 'browser_page_cli', 'check_deployment_choice', 'JobKilled', 'check_resumable_job']
 
@@ -360,14 +360,9 @@ def within_budget(row:dict, budget:dict=EDGE_BUDGET) -> dict:  # row: a measured
     return {k: {'measured': row[k], 'limit': limit, 'fits': bool(row[k] <= limit)} for k, limit in budget.items()}
 
 # %% ../nbs/11_deployment_types.ipynb
-def process_cpu_seconds(pid:int) -> float:
-    "User + system CPU seconds a live process and its waited-for children used so far (from /proc)"
-    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf('SC_CLK_TCK')
-
 def cpu_clock(*pids) -> float:
     "CPU seconds of this process and of `pids` (servers it talks to), to subtract before from after"
-    return time.process_time() + sum(process_cpu_seconds(p) for p in pids)
+    return time.process_time() + cpu_seconds(pids, children=True)
 
 def deployment_row(latencies,      # seconds from submission to result, one per request
                    wall_s:float,   # wall time of the whole run
@@ -398,7 +393,7 @@ def measure_precalculated(db, ids) -> dict:
 # %% ../nbs/11_deployment_types.ipynb
 def measure_online(requests, workers:int=1) -> dict:
     "POST every request, one at a time, to the serving lab's service under gunicorn"
-    from labkit.serving import GunicornServer, http_call
+    from labkit.serving import GunicornServer
     records = requests[list(SALARY_FEATURES)].to_dict('records')
     with GunicornServer(workers=workers) as server:
         pids = [server.proc.pid, *server.worker_pids()]

@@ -9,9 +9,8 @@ __all__ = ['SALARY_FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MOD
            'train_salary_model', 'ModelRejected', 'save_model', 'load_model', 'ModelRegistry', 'default_registry_dir',
            'build_serving_assets', 'validate_record', 'validate_records', 'parse_form', 'PolicyError', 'Policy',
            'make_policy', 'user_bucket', 'Route', 'Router', 'openapi_spec', 'metric_labels', 'ServingState',
-           'read_chunked', 'read_admin_token', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'http_call',
-           'wait_until_up', 'child_pids', 'GunicornServer', 'SlowClients', 'serve_cli', 'load_test',
-           'check_sticky_bucket']
+           'read_chunked', 'read_admin_token', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer',
+           'SlowClients', 'serve_cli', 'load_test', 'check_sticky_bucket']
 
 # %% ../nbs/02_serving.ipynb
 import hashlib, hmac, http.client, io, json, logging, math, os, random, re, shutil, signal, socket, subprocess, sys
@@ -747,43 +746,6 @@ def write_gunicorn_conf(path) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(GUNICORN_CONF)
     return path
-
-# %% ../nbs/02_serving.ipynb
-def http_call(url:str, method:str='GET', body=None, headers:dict=None, timeout:float=5.0) -> tuple:
-    "One HTTP request on a fresh connection: (status, parsed JSON or text, seconds)"
-    u = urllib.parse.urlsplit(url)
-    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-    hdrs = {'Content-Type': 'application/json', **(headers or {})} if data is not None else dict(headers or {})
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.connect()   # http.client sends headers and body in two writes: without TCP_NODELAY, Nagle delays the body
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.request(method, u.path + (f'?{u.query}' if u.query else ''), body=data, headers=hdrs)
-        resp = conn.getresponse(); raw = resp.read()
-    finally: conn.close()
-    ctype = resp.getheader('Content-Type', '')
-    return resp.status, (json.loads(raw) if 'json' in ctype else raw.decode(errors='replace')), time.perf_counter() - t0
-
-def wait_until_up(url:str, timeout:float=30.0, proc=None) -> bool:
-    "Poll `url` until it answers 200 (bounded by `timeout`; stops early if `proc` exited)"
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None: return False
-        try:
-            if http_call(url, timeout=2)[0] == 200: return True
-        except (OSError, http.client.HTTPException): pass   # not listening yet, or an answer cut short
-        time.sleep(0.1)
-    return False
-
-def child_pids(pid:int) -> list:
-    "Processes whose parent is `pid` (read from /proc)"
-    out = []
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try: fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError: continue
-        if int(fields[1]) == pid and fields[0] != 'Z': out.append(int(stat.parent.name))
-    return sorted(out)
 
 # %% ../nbs/02_serving.ipynb
 class GunicornServer:

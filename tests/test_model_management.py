@@ -9,7 +9,8 @@ from labkit.model_management import (ArtifactMismatch, Lifecycle, ModelNotFound,
                                      create_registry_app, fetch_version, make_properties, parse_model_uri,
                                      read_events, register_concurrently, register_folder, register_salary_model,
                                      reload_on_sighup, resolve, track_run, use_store, use_tracking, _client, _mlflow)
-from labkit.serving import MODEL_NAME, http_call, make_hiring, split_hiring, train_salary_model
+from labkit.core import http_call
+from labkit.serving import MODEL_NAME, make_hiring, split_hiring, train_salary_model
 from conftest import free_port
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}

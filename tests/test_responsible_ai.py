@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 from labkit.core import RequestLog
-from labkit.serving import http_call, wait_until_up, child_pids, write_gunicorn_conf
-from labkit.core import free_port, stop_child
+from labkit.serving import write_gunicorn_conf
+from labkit.core import free_port, stop_child, http_call, wait_until_up, child_pids
 from labkit.responsible_ai import (GROUPS, HIRE_FEATURES, PROXY, SENSITIVE, EmptyGroup, PseudonymKeyMissing, SubjectNotFound,
                                    make_applicants, split_applicants, train_hiring_classifier, proxy_strength, group_metrics,
                                    fairness_gaps, bootstrap_gaps, _gaps_from_codes, reweighing_weights, compare_mitigations,

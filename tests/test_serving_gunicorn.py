@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import REPO, free_port, labkit_cmd
 from labkit.cli import COMMANDS
-from labkit.serving import GunicornServer, SlowClients, http_call, load_test, wait_until_up
+from labkit.core import http_call, wait_until_up
+from labkit.serving import GunicornServer, SlowClients, load_test
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
 CONNECTION_ERRORS = (OSError, http.client.HTTPException)   # refused, reset, or an answer cut short (IncompleteRead, BadStatusLine)

@@ -2,7 +2,7 @@
 import json, subprocess, time, uuid
 import pytest
 from conftest import REPO, free_port
-from labkit.serving import http_call, wait_until_up
+from labkit.core import http_call, wait_until_up
 
 # the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
