@@ -485,11 +485,15 @@ def group_alive(pgid:int) -> bool:
 
 def _pids() -> list: return [int(p.name) for p in Path('/proc').iterdir() if p.name.isdigit()]
 
+def _proc_stat(pid:int) -> list|None:
+    "The fields of /proc/PID/stat after the command name (None once the process is gone)"
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except (OSError, IndexError): return None
+
 def _stat(pid:int) -> tuple:
     "(state, process group) of `pid` from /proc, or ('Z', -1) when it is gone"
-    try: fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    except (OSError, IndexError): return ('Z', -1)
-    return fields[0], int(fields[2])
+    fields = _proc_stat(pid)
+    return (fields[0], int(fields[2])) if fields else ('Z', -1)
 
 # %% ../nbs/00_core.ipynb
 def stop_child(proc:subprocess.Popen,  # a process started in its own session (`start_new_session=True`)
@@ -680,11 +684,6 @@ def wait_until_up(url:str,             # a URL that answers 200 once the service
 
 
 # %% ../nbs/00_core.ipynb
-def _proc_stat(pid:int) -> list|None:
-    "The fields of /proc/PID/stat after the command name (None once the process is gone)"
-    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    except (OSError, IndexError): return None
-
 def child_pids(pid:int) -> list:
     "Live processes whose parent is `pid` (read from /proc)"
     out = []
