@@ -230,6 +230,8 @@ def _swap_in(new:Path, out:Path):
         if old.exists() and not out.exists(): old.rename(out)   # stopped between the two renames: put it back
         shutil.rmtree(old, ignore_errors=True)
 
+
+# %% ../nbs/91_instructor.ipynb
 def write_student_copies(src_dir='nbs',     # folder of instructor notebooks
                          out_dir='_student'): # where the student copies go (replaced as a whole; outside src_dir)
     "Write a student copy of every notebook in `src_dir`, all or nothing; returns {notebook: exercises stubbed}"
@@ -601,6 +603,8 @@ def _sandbox_prefix(hide:tuple=()) -> list: # folders the submission must not se
     return ['unshare', '-mn', 'sh', '-c', f'mount --make-rprivate / && {mounts}ip link set lo up && exec "$@"', 'sandbox',
             *(_NOBODY if nobody else ())]
 
+
+# %% ../nbs/91_instructor.ipynb
 def _run_sandboxed(nb, box:Path, timeout:float, hide:tuple=()):
     "Execute grading notebook `nb` under the sandbox and time limit, in `box/work`: (executed notebook or None, why it stopped)"
     prefix = _sandbox_prefix(hide)
@@ -706,6 +710,8 @@ def student_cli(src_dir:str,          # folder of instructor notebooks (e.g. nbs
     print(f"{len(done)} notebooks written to {out_dir}")
     return 0
 
+
+# %% ../nbs/91_instructor.ipynb
 def grade_cli(submissions:str,        # folder of submitted notebooks (STUDENT/NN_lab.ipynb or STUDENT.ipynb)
               out:str,                # where gradebook.csv and feedback/ go (outside SUBMISSIONS)
               src_dir:str=None,       # the instructor notebooks (default: nbs/ of the repository)

@@ -331,6 +331,8 @@ def resize_linear(img:np.ndarray,   # HxWxC uint8 image
     bottom = im[y1][:, x0] * (1 - fx) + im[y1][:, x1] * fx
     return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
 
+
+# %% ../nbs/04_onnx.ipynb
 def letterbox(img:np.ndarray,     # HxWx3 uint8 RGB image
               size=640,           # input size: int (square) or (height, width)
               pad_value:int=114   # grey of the padding
@@ -463,6 +465,8 @@ def box_agreement(reference:list,   # per image: dict with 'boxes' and 'classes'
             'agreement': matched / max(n_ref, n_cand) if max(n_ref, n_cand) else 1.0,
             'mean_iou_matched': float(np.mean(ious)) if ious else float('nan')}
 
+
+# %% ../nbs/04_onnx.ipynb
 def precision_recall(truth:list,       # per image: dict with the true 'boxes' and 'classes'
                      detections:list,  # per image: the detector's
                      iou_min:float=0.5 # a detection is right when it covers a true box of its class this well
