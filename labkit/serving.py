@@ -11,7 +11,7 @@ __all__ = ['SALARY_FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MOD
            'Policy', 'make_policy', 'user_bucket', 'Route', 'choose_route', 'PolicyFile', 'Router', 'openapi_spec',
            'metric_labels', 'ServingState', 'RequestRejected', 'json_response', 'check_admin', 'read_chunked',
            'read_admin_token', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer', 'SlowClients',
-           'serve_cli', 'load_test', 'check_sticky_bucket']
+           'serve_cli', 'load_test', 'check_canary_verdict', 'check_users_moved']
 
 # %% ../nbs/02_serving.ipynb
 import hashlib, hmac, http.client, io, json, logging, math, os, random, re, shutil, signal, socket, subprocess, sys
@@ -1001,7 +1001,29 @@ def load_test(url:str,              # full URL, e.g. http://127.0.0.1:8000/predi
             'p50_ms': round(float(np.percentile(ms, 50)), 2), 'p99_ms': round(float(np.percentile(ms, 99)), 2)}
 
 # %% ../nbs/02_serving.ipynb
-def check_sticky_bucket(fn):
-    "Self-check of the sticky-bucket exercise"
-    cases = [((u,), int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 100) for u in ('alice', 'bob', 'user-42', 'élodie')]
-    return check_function(fn, cases, why='sha256 of the UTF-8 bytes, `hexdigest()[:8]` read with int(..., 16), then % 100.')
+def check_canary_verdict(fn):
+    "Self-check of the canary-verdict exercise: each case names the mistake it catches"
+    cases = [((100, 10_000, 0, 500), 'promote', "a canary with fewer errors than live is promoted: roll back only when the canary's "
+                                                "error rate is *above* live's by more than `tolerance`."),
+             ((5, 1_000, 4, 200), 'rollback', "compare error *rates* (errors / requests), not counts: 4 errors in 200 requests "
+                                              "is 2 %, against live's 5 in 1,000 (0.5 %)."),
+             ((50, 10_000, 1, 20), 'wait', "below `min_requests` canary requests the rates mean nothing yet: answer 'wait' "
+                                           "before comparing anything."),
+             ((100, 10_000, 3, 200), 'promote', "1.5 % against live's 1 % is within the tolerance of 1 point: roll back only when "
+                                                "canary rate > live rate + tolerance."),
+             ((10, 1_000, 30, 1_000, 200, 0.05), 'promote', "use the `tolerance` (and `min_requests`) you are given, not fixed numbers.")]
+    return check_function(fn, cases, why="wait below min_requests; rollback if canary rate > live rate + tolerance; else promote.",
+                          same=lambda got, expected: got == expected)
+
+# %% ../nbs/02_serving.ipynb
+def check_users_moved(fn):
+    "Self-check of the users-moved exercise: each case names the mistake it catches"
+    users = [f'user-{i}' for i in range(40)]
+    moved = lambda old, new: sum((user_bucket(u) < old) != (user_bucket(u) < new) for u in users) / len(users)
+    cases = [((['alice', 'bob', 'carol', 'dave'], 0, 100), 1.0, "return a share of the users (moved / len(user_ids)), not a count."),
+             ((users, 20, 50), moved(20, 50), "count the users whose group actually changes (bucket < percent before, and after), "
+                                              "not the difference of the percentages: a finite set of users is never split exactly."),
+             ((users, 50, 20), moved(50, 20), "lowering the percent moves users too (from B back to A): count a change either way."),
+             ((users, 5, 25), moved(5, 25), "a user is in group B when its bucket is *below* percent (`<`, as `Router` routes): "
+                                            "user-37's bucket is 5, so it is in A at 5 % and in B at 25 %.")]
+    return check_function(fn, cases, why="share of users with (user_bucket(u) < old_percent) != (user_bucket(u) < new_percent).")
