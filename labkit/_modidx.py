@@ -1327,6 +1327,7 @@ d = { 'settings': { 'branch': 'main',
                                 'labkit.serving.split_hiring': ('serving.html#split_hiring', 'labkit/serving.py'),
                                 'labkit.serving.train_salary_model': ('serving.html#train_salary_model', 'labkit/serving.py'),
                                 'labkit.serving.user_bucket': ('serving.html#user_bucket', 'labkit/serving.py'),
+                                'labkit.serving.user_key': ('serving.html#user_key', 'labkit/serving.py'),
                                 'labkit.serving.validate_record': ('serving.html#validate_record', 'labkit/serving.py'),
                                 'labkit.serving.validate_records': ('serving.html#validate_records', 'labkit/serving.py'),
                                 'labkit.serving.write_gunicorn_conf': ('serving.html#write_gunicorn_conf', 'labkit/serving.py')}}}

@@ -10,14 +10,14 @@ __all__ = ['SALARY_FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MOD
            'build_serving_assets', 'problem', 'validate_record', 'validate_records', 'parse_form', 'PolicyError',
            'Policy', 'make_policy', 'user_bucket', 'Route', 'choose_route', 'PolicyFile', 'Router', 'openapi_spec',
            'metric_labels', 'ServingState', 'RequestRejected', 'json_response', 'check_admin', 'read_chunked',
-           'read_admin_token', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer', 'SlowClients',
-           'serve_cli', 'load_test', 'check_canary_verdict', 'check_users_moved']
+           'read_admin_token', 'user_key', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer',
+           'SlowClients', 'serve_cli', 'load_test', 'check_canary_verdict', 'check_users_moved']
 
 # %% ../nbs/02_serving.ipynb
 import hashlib, hmac, http.client, io, json, logging, math, os, random, re, shutil, signal, socket, subprocess, sys
 import tempfile, threading, time, urllib.parse, urllib.request, uuid
 from collections import deque
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
@@ -494,6 +494,7 @@ class ServingState:
     admin_token: str|None = None   # bearer token of the /admin routes; None: admin off
     max_batch: int = MAX_BATCH     # records in one request
     max_body: int = MAX_BODY       # bytes in one request body
+    log_salt: bytes = field(default_factory=lambda: os.urandom(16))   # key of the user ids' hash in the request log
 
 # %% ../nbs/02_serving.ipynb
 _USER_ID = re.compile(r'[A-Za-z0-9_.@:+-]{1,128}')
@@ -574,7 +575,15 @@ def _serving_state(registry_dir=None, policy=None, request_log=None, policy_file
     registry = registry_dir if hasattr(registry_dir, 'get') else ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)
     return ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),
-                        admin_token or _admin_token_from(os.environ), max_batch, max_body)
+                        admin_token or _admin_token_from(os.environ), max_batch, max_body,
+                        os.environ.get('LABKIT_LOG_SALT', '').encode() or os.urandom(16))   # one salt for every worker, if set
+
+# %% ../nbs/02_serving.ipynb
+def user_key(user_id:str|None,   # the X-User-Id sent, None when there is none
+             salt:bytes          # the app's secret key: `LABKIT_LOG_SALT`, else random per app
+            ) -> str|None:
+    "What the request log keeps of a user id: a keyed hash (HMAC-SHA256, 16 hex digits), the same for the same user and salt"
+    return hmac.new(salt, user_id.encode(), hashlib.sha256).hexdigest()[:16] if user_id else None
 
 # %% ../nbs/02_serving.ipynb
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
@@ -595,7 +604,7 @@ def _record_requests(state:ServingState, route:Route, user_id, inputs:list, pred
     try:
         for rec, p in zip(inputs, preds):
             state.request_log.append({'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
-                                      'user_id': user_id, 'inputs': rec, 'prediction': p})
+                                      'user_key': user_key(user_id, state.log_salt), 'inputs': rec, 'prediction': p})
     except Exception as e:   # not recorded means not accepted: the client retries, nothing is lost silently
         log.error('request_log.append failed: %r', e)
         raise RequestRejected(503, [problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
