@@ -588,7 +588,11 @@ def user_key(user_id:str|None,   # the X-User-Id sent, None when there is none
 # %% ../nbs/02_serving.ipynb
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 
-def _shadow_answer(state:ServingState, route:Route, rows:list, preds:list, rid:str, ts:str):
+def _shadow_answer(state:ServingState,
+                   route:Route,      # the request's route; its `shadow` version gets a copy
+                   rows:list,        # the feature rows predicted
+                   preds:list,       # what the live version returned
+                   rid:str, ts:str): # the request's id and time
     "Predict with the shadow version and log both answers; a failing shadow is logged, never the caller's problem"
     try:
         shadow_preds = [round(float(p), 2) for p in predict_salary(state.registry.get(route.shadow), rows)]
@@ -599,7 +603,12 @@ def _shadow_answer(state:ServingState, route:Route, rows:list, preds:list, rid:s
         log.info('shadow %s', json.dumps(entry))
     except Exception as e: log.warning('shadow version %s failed: %r', route.shadow, e)
 
-def _record_requests(state:ServingState, route:Route, user_id, inputs:list, preds:list, rid:str, ts:str):
+def _record_requests(state:ServingState,
+                     route:Route,      # the request's route (version and role)
+                     user_id,          # the X-User-Id sent, or None: only its `user_key` is kept
+                     inputs:list,      # the records as received, one per row
+                     preds:list,       # the predictions returned
+                     rid:str, ts:str): # the request's id and time
     "One request-log record per predicted row; a log that fails makes the request a 503 (not recorded, not accepted)"
     try:
         for rec, p in zip(inputs, preds):
@@ -609,7 +618,12 @@ def _record_requests(state:ServingState, route:Route, user_id, inputs:list, pred
         log.error('request_log.append failed: %r', e)
         raise RequestRejected(503, [problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
 
-def _predict_rows(state:ServingState, rows:list, user_id, inputs:list) -> dict:
+# %% ../nbs/02_serving.ipynb
+def _predict_rows(state:ServingState,
+                  rows:list,      # checked feature rows
+                  user_id,        # the X-User-Id sent, or None
+                  inputs:list     # the records as received, one per row (for the request log)
+                 ) -> dict:
     "Route, predict, log the shadow answer and the accepted request; the JSON answer"
     route = state.router.route(user_id)
     model = state.registry.get(route.version)
