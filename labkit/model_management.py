@@ -24,7 +24,7 @@ import pandas as pd
 from fastcore.basics import patch
 from .core import *
 from .serving import frame_sha256, PolicyError, ModelRejected, MODEL_FILE, MODEL_NAME, load_model, save_model, create_app
-from .serving import _check_admin, _json, _Rejected, _problem
+from .serving import check_admin, json_response, RequestRejected, problem
 
 # %% ../nbs/10_model_management.ipynb
 MLFLOW_QUIET = {'MLFLOW_DISABLE_TELEMETRY': 'true', 'DO_NOT_TRACK': 'true',   # no usage telemetry
@@ -516,12 +516,12 @@ def create_registry_app(model_uri:str=None,    # 'models:/NAME@ALIAS'; default `
 
     @app.post('/admin/reload')
     def admin_reload():
-        _check_admin(state)
+        check_admin(state)
         try: out = follow_alias(app)
-        except ModelNotFound as e: raise _Rejected(404, [_problem('model', str(e))], 'not found') from None
-        except (ModelRejected, PolicyError) as e: raise _Rejected(409, [_problem('model', str(e))], 'refused') from None
-        except RegistryUnavailable as e: raise _Rejected(503, [_problem('(registry)', str(e))], 'registry unavailable') from None
-        return _json(out)
+        except ModelNotFound as e: raise RequestRejected(404, [problem('model', str(e))], 'not found') from None
+        except (ModelRejected, PolicyError) as e: raise RequestRejected(409, [problem('model', str(e))], 'refused') from None
+        except RegistryUnavailable as e: raise RequestRejected(503, [problem('(registry)', str(e))], 'registry unavailable') from None
+        return json_response(out)
     return app
 
 # %% ../nbs/10_model_management.ipynb

@@ -7,16 +7,17 @@ __all__ = ['SALARY_FEATURES', 'TARGET', 'FEATURE_RANGES', 'FEATURE_LABELS', 'MOD
            'ASSETS_COMMAND', 'MAX_BATCH', 'MAX_BODY', 'STRATEGIES', 'HTTP_METHODS', 'log', 'GUNICORN_CONF',
            'ADMIN_TOKEN_REFUSED', 'make_hiring', 'clean_hiring', 'frame_sha256', 'split_hiring', 'predict_salary',
            'train_salary_model', 'ModelRejected', 'save_model', 'load_model', 'ModelRegistry', 'default_registry_dir',
-           'build_serving_assets', 'validate_record', 'validate_records', 'parse_form', 'PolicyError', 'Policy',
-           'make_policy', 'user_bucket', 'Route', 'Router', 'openapi_spec', 'metric_labels', 'ServingState',
-           'read_chunked', 'read_admin_token', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer',
-           'SlowClients', 'serve_cli', 'load_test', 'check_sticky_bucket']
+           'build_serving_assets', 'problem', 'validate_record', 'validate_records', 'parse_form', 'PolicyError',
+           'Policy', 'make_policy', 'user_bucket', 'Route', 'choose_route', 'PolicyFile', 'Router', 'openapi_spec',
+           'metric_labels', 'ServingState', 'RequestRejected', 'json_response', 'check_admin', 'read_chunked',
+           'read_admin_token', 'user_key', 'create_app', 'send_traffic', 'write_gunicorn_conf', 'GunicornServer',
+           'SlowClients', 'serve_cli', 'load_test', 'check_canary_verdict', 'check_users_moved']
 
 # %% ../nbs/02_serving.ipynb
 import hashlib, hmac, http.client, io, json, logging, math, os, random, re, shutil, signal, socket, subprocess, sys
 import tempfile, threading, time, urllib.parse, urllib.request, uuid
 from collections import deque
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
@@ -183,10 +184,16 @@ def build_serving_assets(root=None) -> dict:
     return {n: register_asset(n, made_by=ASSETS_COMMAND, root=root)['sha256'][:12] for n in names}
 
 # %% ../nbs/02_serving.ipynb
+def problem(field:str,    # the part of the request at fault: a JSON field, a header, '(body)', '(server)'
+            message:str   # what is wrong with it, in words the client can act on
+           ) -> dict:
+    "One problem found in a request: the field at fault and why"
+    return {'field': field, 'message': message}
+
+# %% ../nbs/02_serving.ipynb
 MAX_BATCH = 100        # records in one request
 MAX_BODY = 64 * 1024   # bytes in one request body
 
-def _problem(field:str, message:str) -> dict: return {'field': field, 'message': message}
 def _key(k) -> str: return str(k)[:40] or '""'   # a field name to show: cut short, and visible when empty
 
 def _type_name(v) -> str:
@@ -196,16 +203,16 @@ def validate_record(rec,            # one decoded JSON value, expected to be an 
                     where:str=''):  # prefix of the field names ('[3].' in a batch)
     "The feature row of one record and the problems found, each naming its field"
     if not isinstance(rec, dict):
-        return None, [_problem(where.rstrip('.') or '(body)', f"must be an object with fields {', '.join(SALARY_FEATURES)}, got {_type_name(rec)}")]
-    problems = [_problem(where + _key(k), f"unknown field; expected only {', '.join(SALARY_FEATURES)}") for k in sorted(map(str, rec)) if k not in SALARY_FEATURES]
+        return None, [problem(where.rstrip('.') or '(body)', f"must be an object with fields {', '.join(SALARY_FEATURES)}, got {_type_name(rec)}")]
+    problems = [problem(where + _key(k), f"unknown field; expected only {', '.join(SALARY_FEATURES)}") for k in sorted(map(str, rec)) if k not in SALARY_FEATURES]
     row = []
     for f in SALARY_FEATURES:
         lo, hi = FEATURE_RANGES[f]
-        if f not in rec: problems.append(_problem(where + f, 'is required')); continue
+        if f not in rec: problems.append(problem(where + f, 'is required')); continue
         v = rec[f]
-        if isinstance(v, bool) or not isinstance(v, (int, float)): problems.append(_problem(where + f, f"must be a number, got {_type_name(v)}"))
-        elif isinstance(v, float) and not math.isfinite(v): problems.append(_problem(where + f, f"must be a finite number, got {v}"))
-        elif not lo <= v <= hi: problems.append(_problem(where + f, f"must be between {lo} and {hi}, got {v if abs(v) < 1e12 else 'a number that large'}"))
+        if isinstance(v, bool) or not isinstance(v, (int, float)): problems.append(problem(where + f, f"must be a number, got {_type_name(v)}"))
+        elif isinstance(v, float) and not math.isfinite(v): problems.append(problem(where + f, f"must be a finite number, got {v}"))
+        elif not lo <= v <= hi: problems.append(problem(where + f, f"must be between {lo} and {hi}, got {v if abs(v) < 1e12 else 'a number that large'}"))
         else: row.append(float(v))
     return (row if not problems else None), problems
 
@@ -213,8 +220,8 @@ def validate_records(payload,                 # decoded JSON: one record (object
                      max_batch:int=MAX_BATCH):
     "Rows to predict, problems (each with its field), and whether the payload was a batch"
     if isinstance(payload, list):
-        if not payload: return [], [_problem('(body)', 'an empty batch: send at least one record')], True
-        if len(payload) > max_batch: return [], [_problem('(body)', f"{len(payload)} records in one batch; at most {max_batch}")], True
+        if not payload: return [], [problem('(body)', 'an empty batch: send at least one record')], True
+        if len(payload) > max_batch: return [], [problem('(body)', f"{len(payload)} records in one batch; at most {max_batch}")], True
         rows, problems = [], []
         for i, rec in enumerate(payload):
             row, p = validate_record(rec, f'[{i}].'); rows.append(row); problems += p
@@ -229,11 +236,11 @@ def parse_form(form) -> tuple:
     "A record (numbers) from form fields (text), and the problems found"
     rec, problems = {}, []
     for k in form:
-        if k not in SALARY_FEATURES and k != 'user_id': problems.append(_problem(_key(k), f"unknown field; expected only {', '.join(SALARY_FEATURES)}"))
+        if k not in SALARY_FEATURES and k != 'user_id': problems.append(problem(_key(k), f"unknown field; expected only {', '.join(SALARY_FEATURES)}"))
     for f in SALARY_FEATURES:
         text = (form.get(f) or '').strip()
-        if not text: problems.append(_problem(f, 'is required'))
-        elif not _NUMBER.fullmatch(text): problems.append(_problem(f, f"must be a number, got {text[:20]!r}"))
+        if not text: problems.append(problem(f, 'is required'))
+        elif not _NUMBER.fullmatch(text): problems.append(problem(f, f"must be a number, got {text[:20]!r}"))
         else: rec[f] = float(text)
     return rec, problems
 
@@ -281,73 +288,94 @@ class Route:
     role: str               # 'live', 'canary', 'A', 'B' or 'unassigned' (A/B request without a user id)
     shadow: str|None = None # a version that gets a copy of the request (answer logged only)
 
+def choose_route(policy:Policy,         # the policy in force
+                 user_id:str|None,      # the caller's X-User-Id (A/B assigns users by it), None when not sent
+                 draw:float|None=None   # canary only: this request's uniform draw in [0, 100)
+                ) -> Route:
+    "The route of one request: canary by the draw, A/B by the user's sticky bucket, shadow beside the live version"
+    p = policy
+    if p.strategy == 'canary': return Route(p.candidate, 'canary') if draw < p.percent else Route(p.live, 'live')
+    if p.strategy == 'ab':
+        if not user_id: return Route(p.live, 'unassigned')
+        return Route(p.candidate, 'B') if user_bucket(user_id) < p.percent else Route(p.live, 'A')
+    if p.strategy == 'shadow': return Route(p.live, 'live', shadow=p.candidate)
+    return Route(p.live, 'live')
+
+# %% ../nbs/02_serving.ipynb
 def _write_json_atomic(path:Path, data:dict):
+    "Write JSON to a temporary file beside `path`, then rename it over `path`: a reader never sees half a file"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.policy-')
     with os.fdopen(fd, 'w') as f: json.dump(data, f, indent=1)
     os.replace(tmp, path)
 
-class Router:
-    "Routes each request to a model version by the current policy (in memory, or a watched JSON file)"
-    def __init__(self, registry:ModelRegistry, policy=None, policy_file=None, seed:int=0):
-        self.registry, self.policy_file, self._rng, self._lock = registry, Path(policy_file) if policy_file else None, random.Random(seed), threading.Lock()
-        self._policy, self._previous, self._stamp = None, None, None
-        if policy is not None: self.set_policy(policy)
-        elif self.policy_file and self.policy_file.exists(): self._reload()
-        if self._policy is None: self.set_policy(Policy(live=registry.latest()))
+class PolicyFile:
+    "The JSON file of the current and previous policies that every worker watches, re-read only when it changed"
+    def __init__(self, path): self.path, self.stamp = Path(path), None   # stamp: the identity last read or written
 
-    def _file_stamp(self):
-        try: st = os.stat(self.policy_file); return (st.st_ino, st.st_size, st.st_mtime_ns)
+    def identity(self) -> tuple|None:
+        "(inode, size, mtime) of the file, None when it is absent: a rename or a rewrite changes it"
+        try: st = os.stat(self.path); return (st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError: return None
 
-    def _reload(self):
-        stamp = self._file_stamp()
-        if stamp is None or stamp == self._stamp: return
+    def read(self, versions) -> tuple|None:   # versions: returns the registry's versions (called only on a change)
+        "(current, previous) policies when the file changed since last seen, else None; a bad file is logged and skipped"
+        stamp = self.identity()
+        if stamp is None or stamp == self.stamp: return None
+        self.stamp = stamp
         try:
-            data = json.loads(self.policy_file.read_text())
-            current, previous = make_policy(data['current'], self.registry.versions()), data.get('previous')
+            data = json.loads(self.path.read_text())
+            return make_policy(data['current'], versions()), (Policy(**data['previous']) if data.get('previous') else None)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            logging.getLogger('labkit.serving').warning('policy file %s not applied (%s); keeping %s', self.policy_file, e, self._policy)
-            self._stamp = stamp; return
-        self._policy, self._previous, self._stamp = current, (Policy(**previous) if previous else None), stamp
+            logging.getLogger('labkit.serving').warning('policy file %s not applied (%s); keeping the policy in force', self.path, e)
+            return None
 
+    def write(self, current:Policy, previous:Policy|None):
+        "Write both policies atomically, and remember the file's new identity (no need to read back what we wrote)"
+        _write_json_atomic(self.path, {'current': current.to_dict(), 'previous': previous.to_dict() if previous else None})
+        self.stamp = self.identity()
+
+# %% ../nbs/02_serving.ipynb
+class Router:
+    "Routes each request to a model version by the current policy (in memory, or a watched PolicyFile)"
+    def __init__(self, registry:ModelRegistry, # the versions to route to
+                 policy=None,                  # initial Policy or dict; default: the policy file's, else the latest version live
+                 policy_file=None,             # JSON file shared by every worker (see `PolicyFile`)
+                 seed:int=0):                  # seed of the canary draws (reproducible traffic splits)
+        self.registry, self._rng, self._lock = registry, random.Random(seed), threading.Lock()
+        self.policy_file = PolicyFile(policy_file) if policy_file else None
+        self._policy, self._previous = None, None
+        if policy is not None: self.set_policy(policy)
+        elif self.policy_file and self.policy_file.path.exists(): self._reload()
+        if self._policy is None: self.set_policy(Policy(live=registry.latest()))
+    def _reload(self):
+        if found := self.policy_file.read(self.registry.versions): self._policy, self._previous = found
     @property
     def policy(self) -> Policy:
         "The policy in force (re-read from the policy file when it changed)"
         if self.policy_file:
             with self._lock: self._reload()
         return self._policy
-
-    def set_policy(self, spec) -> Policy:
+    def set_policy(self, spec) -> Policy:   # a Policy, or a dict with its fields
         "Check and apply a policy; with a policy file, every worker picks it up"
         new = make_policy(spec, self.registry.versions())
         for v in {new.live, new.candidate} - {None}: self.registry.get(v)   # load (and verify) before switching
         with self._lock:
             if self.policy_file: self._reload()
             old = self._policy
-            if self.policy_file:
-                _write_json_atomic(self.policy_file, {'current': new.to_dict(), 'previous': old.to_dict() if old else None})
-                self._stamp = self._file_stamp()
+            if self.policy_file: self.policy_file.write(new, old)
             self._policy, self._previous = new, old
         return new
-
     def rollback(self) -> Policy:
         "Go back to the previous policy"
-        prev = self.policy and self._previous
-        if prev is None: raise PolicyError('policy', 'no previous policy to roll back to')
+        if (prev := self.policy and self._previous) is None: raise PolicyError('policy', 'no previous policy to roll back to')
         return self.set_policy(prev)
-
-    def route(self, user_id:str|None=None) -> Route:
+    def route(self, user_id:str|None=None) -> Route:   # the caller's X-User-Id, if any
         "The version that answers this request, its role, and the shadow version if any"
-        p = self.policy
+        p, draw = self.policy, None
         if p.strategy == 'canary':
             with self._lock: draw = self._rng.random() * 100
-            return Route(p.candidate, 'canary') if draw < p.percent else Route(p.live, 'live')
-        if p.strategy == 'ab':
-            if not user_id: return Route(p.live, 'unassigned')
-            return Route(p.candidate, 'B') if user_bucket(user_id) < p.percent else Route(p.live, 'A')
-        if p.strategy == 'shadow': return Route(p.live, 'live', shadow=p.candidate)
-        return Route(p.live, 'live')
+        return choose_route(p, user_id, draw)
 
 # %% ../nbs/02_serving.ipynb
 _FORM = """<!doctype html>
@@ -366,50 +394,63 @@ label{display:block;margin-top:.9rem;font-weight:600} input{font-size:1rem;paddi
 {% if errors %}<p class="error" id="errors">{{ errors | length }} field(s) to correct: {{ errors | join(', ') }}.</p>{% endif %}
 {% if prediction is not none %}<p id="prediction">Estimated salary: <strong id="salary">{{ '{:,.0f}'.format(prediction) }}</strong> (model <span id="version">{{ version }}</span>)</p>{% endif %}
 </body></html>"""
+_FIELDS = [{'name': f, 'label': FEATURE_LABELS[f], 'lo': lo, 'hi': hi} for f, (lo, hi) in FEATURE_RANGES.items()]
 
-def openapi_spec(max_batch:int=MAX_BATCH, max_body:int=MAX_BODY) -> dict:
-    "OpenAPI 3 description of the service (served at /openapi.json)"
+# %% ../nbs/02_serving.ipynb
+def _openapi_schemas() -> dict:
+    "The JSON schemas of the API: a record, a problem report, a prediction and a policy"
     record = {'type': 'object', 'additionalProperties': False, 'required': list(SALARY_FEATURES),
               'properties': {f: {'type': 'number', 'minimum': lo, 'maximum': hi, 'description': FEATURE_LABELS[f]}
                              for f, (lo, hi) in FEATURE_RANGES.items()}}
-    problem = {'type': 'object', 'required': ['error', 'problems'], 'properties': {
+    problem_report = {'type': 'object', 'required': ['error', 'problems'], 'properties': {
         'error': {'type': 'string'}, 'status': {'type': 'integer'},
         'problems': {'type': 'array', 'items': {'type': 'object', 'required': ['field', 'message'],
                      'properties': {'field': {'type': 'string'}, 'message': {'type': 'string'}}}}}}
+    prediction = {'type': 'object', 'properties': {'prediction': {'type': 'number'}, 'predictions': {'type': 'array', 'items': {'type': 'number'}},
+                  'model': {'type': 'string'}, 'version': {'type': 'string'}, 'role': {'type': 'string'}, 'request_id': {'type': 'string'}}}
+    policy = {'type': 'object', 'additionalProperties': False, 'properties': {
+        'strategy': {'type': 'string', 'enum': list(STRATEGIES)}, 'live': {'type': 'string'},
+        'candidate': {'type': 'string', 'nullable': True}, 'percent': {'type': 'number', 'minimum': 0, 'maximum': 100}}}
+    return {'Record': record, 'Problem': problem_report, 'Prediction': prediction, 'Policy': policy}
+
+# %% ../nbs/02_serving.ipynb
+def _openapi_paths(max_batch:int=MAX_BATCH) -> dict:   # records in one request
+    "The routes of the API, each with its body and every status it answers"
     err = lambda why: {'description': why, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/Problem'}}}}
     ok_json = lambda why, schema=None: {'description': why, 'content': {'application/json': {'schema': schema or {'type': 'object'}}}}
+    record = {'$ref': '#/components/schemas/Record'}
+    predict = {'post': {'summary': 'Predict salaries for one record or a batch',
+        'parameters': [{'name': 'X-User-Id', 'in': 'header', 'required': False, 'schema': {'type': 'string', 'maxLength': 128},
+                        'description': 'sticky id for A/B assignment'}],
+        'requestBody': {'required': True, 'content': {
+            'application/json': {'schema': {'oneOf': [record, {'type': 'array', 'minItems': 1, 'maxItems': max_batch, 'items': record}]}},
+            'application/x-www-form-urlencoded': {'schema': record}}},
+        'responses': {'200': ok_json('prediction(s) with the model version', {'$ref': '#/components/schemas/Prediction'}),
+                      '400': err('empty body, malformed JSON or malformed chunked encoding'), '413': err('body too large'),
+                      '415': err('content type is neither JSON nor a form'), '422': err('a field is missing, unknown, of the wrong type or out of range')}}}
+    return {
+        '/predict': predict,
+        '/health': {'get': {'summary': 'Liveness', 'responses': {'200': ok_json('the process answers')}}},
+        '/ready': {'get': {'summary': 'Readiness', 'responses': {'200': ok_json('models loaded'), '503': ok_json('not ready')}}},
+        '/version': {'get': {'summary': 'Live model: name, version, sha256, metrics', 'responses': {'200': ok_json('model card')}}},
+        '/metrics': {'get': {'summary': 'Prometheus metrics', 'responses': {'200': {'description': 'text format', 'content': {'text/plain': {'schema': {'type': 'string'}}}}}}},
+        '/openapi.json': {'get': {'summary': 'This description', 'responses': {'200': ok_json('OpenAPI 3')}}},
+        '/admin/policy': {'get': {'summary': 'Routing policy', 'responses': {'200': ok_json('policy'), '401': err('token'), '403': err('admin disabled')}},
+                          'put': {'summary': 'Change the routing policy (no restart)',
+                                  'requestBody': {'required': True, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/Policy'}}}},
+                                  'responses': {'200': ok_json('policy in force'), '401': err('token'), '403': err('admin disabled'), '422': err('invalid policy')}}},
+        '/admin/rollback': {'post': {'summary': 'Back to the previous policy', 'responses': {'200': ok_json('policy in force'), '401': err('token'), '409': err('nothing to roll back to')}}}}
+
+# %% ../nbs/02_serving.ipynb
+def openapi_spec(max_batch:int=MAX_BATCH,  # records in one request
+                 max_body:int=MAX_BODY     # bytes in one request body
+                ) -> dict:
+    "OpenAPI 3 description of the service (served at /openapi.json)"
     return {'openapi': '3.0.3',
             'info': {'title': 'labkit salary service', 'version': '1.0',
                      'description': f'Predicts a salary from experience and scores. Bodies up to {max_body} bytes, batches up to {max_batch} records.'},
-            'paths': {
-                '/predict': {'post': {'summary': 'Predict salaries for one record or a batch',
-                    'parameters': [{'name': 'X-User-Id', 'in': 'header', 'required': False, 'schema': {'type': 'string', 'maxLength': 128},
-                                    'description': 'sticky id for A/B assignment'}],
-                    'requestBody': {'required': True, 'content': {
-                        'application/json': {'schema': {'oneOf': [{'$ref': '#/components/schemas/Record'},
-                                             {'type': 'array', 'minItems': 1, 'maxItems': max_batch, 'items': {'$ref': '#/components/schemas/Record'}}]}},
-                        'application/x-www-form-urlencoded': {'schema': {'$ref': '#/components/schemas/Record'}}}},
-                    'responses': {'200': ok_json('prediction(s) with the model version', {'$ref': '#/components/schemas/Prediction'}),
-                                  '400': err('empty body, malformed JSON or malformed chunked encoding'), '413': err('body too large'),
-                                  '415': err('content type is neither JSON nor a form'), '422': err('a field is missing, unknown, of the wrong type or out of range')}}},
-                '/health': {'get': {'summary': 'Liveness', 'responses': {'200': ok_json('the process answers')}}},
-                '/ready': {'get': {'summary': 'Readiness', 'responses': {'200': ok_json('models loaded'), '503': ok_json('not ready')}}},
-                '/version': {'get': {'summary': 'Live model: name, version, sha256, metrics', 'responses': {'200': ok_json('model card')}}},
-                '/metrics': {'get': {'summary': 'Prometheus metrics', 'responses': {'200': {'description': 'text format', 'content': {'text/plain': {'schema': {'type': 'string'}}}}}}},
-                '/openapi.json': {'get': {'summary': 'This description', 'responses': {'200': ok_json('OpenAPI 3')}}},
-                '/admin/policy': {'get': {'summary': 'Routing policy', 'responses': {'200': ok_json('policy'), '401': err('token'), '403': err('admin disabled')}},
-                                  'put': {'summary': 'Change the routing policy (no restart)',
-                                          'requestBody': {'required': True, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/Policy'}}}},
-                                          'responses': {'200': ok_json('policy in force'), '401': err('token'), '403': err('admin disabled'), '422': err('invalid policy')}}},
-                '/admin/rollback': {'post': {'summary': 'Back to the previous policy', 'responses': {'200': ok_json('policy in force'), '401': err('token'), '409': err('nothing to roll back to')}}}},
-            'components': {
-                'securitySchemes': {'adminToken': {'type': 'http', 'scheme': 'bearer'}},
-                'schemas': {'Record': record, 'Problem': problem,
-                    'Prediction': {'type': 'object', 'properties': {'prediction': {'type': 'number'}, 'predictions': {'type': 'array', 'items': {'type': 'number'}},
-                                   'model': {'type': 'string'}, 'version': {'type': 'string'}, 'role': {'type': 'string'}, 'request_id': {'type': 'string'}}},
-                    'Policy': {'type': 'object', 'additionalProperties': False, 'properties': {
-                        'strategy': {'type': 'string', 'enum': list(STRATEGIES)}, 'live': {'type': 'string'},
-                        'candidate': {'type': 'string', 'nullable': True}, 'percent': {'type': 'number', 'minimum': 0, 'maximum': 100}}}}}}
+            'paths': _openapi_paths(max_batch),
+            'components': {'securitySchemes': {'adminToken': {'type': 'http', 'scheme': 'bearer'}}, 'schemas': _openapi_schemas()}}
 
 # %% ../nbs/02_serving.ipynb
 HTTP_METHODS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT')   # any other: 'other'
@@ -441,76 +482,58 @@ def _metrics_text(app_registry) -> bytes:
         return generate_latest(reg)
     return generate_latest(app_registry)
 
+# %% ../nbs/02_serving.ipynb
 @dataclass
 class ServingState:
     "What one app holds: models, router, metrics, logs and limits"
-    registry: ModelRegistry
-    router: Router
-    metrics: dict
-    request_log: object = None
-    shadow_log: deque = None
-    admin_token: str|None = None
-    max_batch: int = MAX_BATCH
+    registry: ModelRegistry        # the versions it serves
+    router: Router                 # which version answers each request
+    metrics: dict                  # from `_make_metrics`
+    request_log: object = None     # gets one record per accepted row (anything with `append`)
+    shadow_log: deque = None       # the last shadow answers, beside the live ones
+    admin_token: str|None = None   # bearer token of the /admin routes; None: admin off
+    max_batch: int = MAX_BATCH     # records in one request
+    max_body: int = MAX_BODY       # bytes in one request body
+    log_salt: bytes = field(default_factory=lambda: os.urandom(16))   # key of the user ids' hash in the request log
 
 # %% ../nbs/02_serving.ipynb
 _USER_ID = re.compile(r'[A-Za-z0-9_.@:+-]{1,128}')
 log = logging.getLogger('labkit.serving')
 log.addHandler(logging.NullHandler())   # a library stays quiet; gunicorn.conf.py routes it to gunicorn's log
 
-class _Rejected(Exception):
-    def __init__(self, status, problems, error): self.status, self.problems, self.error = status, problems, error
+class RequestRejected(Exception):
+    "A request the service refuses: its HTTP status, the problems found (each naming its field) and a short error"
+    def __init__(self, status:int, problems:list, error:str):
+        super().__init__(f'{status} {error}'); self.status, self.problems, self.error = status, problems, error
 
-def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
-
-def _predict_rows(state:ServingState, rows:list, user_id, inputs:list) -> dict:
-    "Route, predict, log the shadow answer and the accepted request; the JSON answer"
-    route = state.router.route(user_id)
-    model = state.registry.get(route.version)
-    preds = [round(p, 2) for p in predict_salary(model, rows).tolist()]
-    _labelled(state.metrics, 'predictions', route.version, route.role).inc(len(rows))
-    rid, ts = uuid.uuid4().hex, (_now() if route.shadow or state.request_log is not None else None)
-    if route.shadow:
-        try:
-            shadow_preds = [round(float(p), 2) for p in predict_salary(state.registry.get(route.shadow), rows)]
-            _labelled(state.metrics, 'predictions', route.shadow, 'shadow').inc(len(rows))
-            entry = {'timestamp': ts, 'request_id': rid, 'live': route.version, 'shadow': route.shadow,
-                     'returned': preds, 'shadow_predictions': shadow_preds}
-            state.shadow_log.append(entry)
-            log.info('shadow %s', json.dumps(entry))
-        except Exception as e: log.warning('shadow version %s failed: %r', route.shadow, e)   # never the caller's problem
-    if state.request_log is not None:
-        try:
-            for rec, p in zip(inputs, preds):
-                state.request_log.append({'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
-                                          'user_id': user_id, 'inputs': rec, 'prediction': p})
-        except Exception as e:   # not recorded means not accepted: the client retries, nothing is lost silently
-            log.error('request_log.append failed: %r', e)
-            raise _Rejected(503, [_problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
-    return {'preds': preds, 'version': route.version, 'role': route.role, 'request_id': rid, 'model': model['name']}
-
-def _user_id(value) -> str|None:
-    if value is None or value == '': return None
-    if not _USER_ID.fullmatch(value): raise _Rejected(400, [_problem('X-User-Id', 'must be 1-128 characters from A-Z a-z 0-9 _ . @ : + -')], 'bad user id')
-    return value
-
-def _json(body:dict, status:int=200) -> Response:
+def json_response(body:dict,       # the answer, as JSON-ready data
+                  status:int=200   # its HTTP status
+                 ) -> Response:
     "A compact JSON response"
     return Response(json.dumps(body, separators=(',', ':')), status, mimetype='application/json')
 
+def check_admin(state:ServingState):   # the app's state: it holds the admin token
+    "Refuse the request being served unless it carries the admin token: 403 when admin is off, 401 when the token is wrong"
+    if not state.admin_token: raise RequestRejected(403, [problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN or LABKIT_ADMIN_TOKEN_FILE set')], 'forbidden')
+    given = request.headers.get('Authorization', '')
+    if not hmac.compare_digest(given.encode(), f'Bearer {state.admin_token}'.encode()):
+        raise RequestRejected(401, [problem('Authorization', 'expected "Bearer <admin token>"')], 'unauthorized')
+
+def _user_id(value) -> str|None:
+    "The X-User-Id sent (1-128 characters of a safe set), None when there is none; a 400 otherwise"
+    if value is None or value == '': return None
+    if not _USER_ID.fullmatch(value): raise RequestRejected(400, [problem('X-User-Id', 'must be 1-128 characters from A-Z a-z 0-9 _ . @ : + -')], 'bad user id')
+    return value
+
 def _json_body() -> object:
+    "The request's body decoded as JSON; a 400 naming the body when it is empty, malformed or nested too deeply"
     n, limit = request.content_length, request.max_content_length   # a chunked body was read (and counted) in `_start`
     if n is not None and limit is not None and n > limit: raise RequestEntityTooLarge()
     body = request.environ['wsgi.input'].read(n) if n else b''
-    if not body.strip(): raise _Rejected(400, [_problem('(body)', 'empty body: send a JSON record or a list of records')], 'empty body')
+    if not body.strip(): raise RequestRejected(400, [problem('(body)', 'empty body: send a JSON record or a list of records')], 'empty body')
     try: return json.loads(body)
-    except RecursionError: raise _Rejected(400, [_problem('(body)', 'JSON nested too deeply')], 'malformed JSON') from None
-    except ValueError as e: raise _Rejected(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
-
-def _check_admin(state:ServingState):
-    if not state.admin_token: raise _Rejected(403, [_problem('Authorization', 'admin is disabled: start the server with LABKIT_ADMIN_TOKEN or LABKIT_ADMIN_TOKEN_FILE set')], 'forbidden')
-    given = request.headers.get('Authorization', '')
-    if not hmac.compare_digest(given.encode(), f'Bearer {state.admin_token}'.encode()):
-        raise _Rejected(401, [_problem('Authorization', 'expected "Bearer <admin token>"')], 'unauthorized')
+    except RecursionError: raise RequestRejected(400, [problem('(body)', 'JSON nested too deeply')], 'malformed JSON') from None
+    except ValueError as e: raise RequestRejected(400, [problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
 
 # %% ../nbs/02_serving.ipynb
 def read_chunked(stream,       # the request's `wsgi.input`, which the server de-chunks while it is read
@@ -522,7 +545,7 @@ def read_chunked(stream,       # the request's `wsgi.input`, which the server de
         while size <= limit and (part := stream.read(min(64 * 1024, limit + 1 - size))):
             parts.append(part); size += len(part)
     except Exception as e:   # gunicorn raises its own parse errors, werkzeug OSError: either way the client sent it
-        raise _Rejected(400, [_problem('Transfer-Encoding', f'malformed chunked body: {str(e)[:120] or type(e).__name__}')], 'malformed chunked body') from None
+        raise RequestRejected(400, [problem('Transfer-Encoding', f'malformed chunked body: {str(e)[:120] or type(e).__name__}')], 'malformed chunked body') from None
     if size > limit: raise RequestEntityTooLarge()
     return b''.join(parts)
 
@@ -544,42 +567,98 @@ def _admin_token_from(environ) -> str|None:
     return read_admin_token(f) if (f := environ.get('LABKIT_ADMIN_TOKEN_FILE')) else None
 
 # %% ../nbs/02_serving.ipynb
-def create_app(registry_dir=None,        # model registry folder (or an object with versions/latest/get); default `LABKIT_REGISTRY`, else the shipped one
-               policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
-               request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
-               policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
-               admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN`, else `LABKIT_ADMIN_TOKEN_FILE` (neither: admin off)
-               max_batch:int=MAX_BATCH,  # records in one request
-               max_body:int=MAX_BODY,    # bytes in one request body
-               seed:int=0) -> Flask:     # seed of the canary draws (reproducible traffic splits)
-    "The salary service: form, /predict, health, readiness, metrics, version, OpenAPI and a policy router"
+def _serving_state(registry_dir=None, policy=None, request_log=None, policy_file=None, admin_token:str=None,
+                   max_batch:int=MAX_BATCH, max_body:int=MAX_BODY, seed:int=0) -> ServingState:
+    "The state of one app; the parameters are `create_app`'s, each defaulting to its environment variable"
     if request_log is None and (log_dir := os.environ.get('LABKIT_REQUEST_LOG')):
         request_log = RequestLog(log_dir)
     registry = registry_dir if hasattr(registry_dir, 'get') else ModelRegistry(registry_dir or default_registry_dir())
     router = Router(registry, policy, policy_file or os.environ.get('LABKIT_POLICY_FILE') or None, seed)
-    state = ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),
-                         admin_token or _admin_token_from(os.environ), max_batch)
-    app = Flask('labkit.serving')
-    app.config.update(MAX_CONTENT_LENGTH=max_body, MAX_FORM_MEMORY_SIZE=max_body, MAX_FORM_PARTS=50)
-    app.extensions['labkit_serving'] = state
-    fields = [{'name': f, 'label': FEATURE_LABELS[f], 'lo': lo, 'hi': hi} for f, (lo, hi) in FEATURE_RANGES.items()]
+    return ServingState(registry, router, _make_metrics(), request_log, deque(maxlen=1000),
+                        admin_token or _admin_token_from(os.environ), max_batch, max_body,
+                        os.environ.get('LABKIT_LOG_SALT', '').encode() or os.urandom(16))   # one salt for every worker, if set
 
-    def page(status=200, values=None, errors=None, prediction=None, version=None):
-        html = render_template_string(_FORM, fields=fields, values=values or {}, errors=errors or {}, prediction=prediction,
-                                      version=version, name=MODEL_NAME, strategy=router.policy.strategy)
-        return Response(html, status=status, mimetype='text/html')
+# %% ../nbs/02_serving.ipynb
+def user_key(user_id:str|None,   # the X-User-Id sent, None when there is none
+             salt:bytes          # the app's secret key: `LABKIT_LOG_SALT`, else random per app
+            ) -> str|None:
+    "What the request log keeps of a user id: a keyed hash (HMAC-SHA256, 16 hex digits), the same for the same user and salt"
+    return hmac.new(salt, user_id.encode(), hashlib.sha256).hexdigest()[:16] if user_id else None
 
-    def rejected(status, problems, error, form_values=None):
-        if form_values is not None:
-            return page(status, form_values, {p['field']: p['message'] for p in problems})
-        return _json({'error': error, 'status': status, 'problems': problems}, status)
+# %% ../nbs/02_serving.ipynb
+def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 
+def _shadow_answer(state:ServingState,
+                   route:Route,      # the request's route; its `shadow` version gets a copy
+                   rows:list,        # the feature rows predicted
+                   preds:list,       # what the live version returned
+                   rid:str, ts:str): # the request's id and time
+    "Predict with the shadow version and log both answers; a failing shadow is logged, never the caller's problem"
+    try:
+        shadow_preds = [round(float(p), 2) for p in predict_salary(state.registry.get(route.shadow), rows)]
+        _labelled(state.metrics, 'predictions', route.shadow, 'shadow').inc(len(rows))
+        entry = {'timestamp': ts, 'request_id': rid, 'live': route.version, 'shadow': route.shadow,
+                 'returned': preds, 'shadow_predictions': shadow_preds}
+        state.shadow_log.append(entry)
+        log.info('shadow %s', json.dumps(entry))
+    except Exception as e: log.warning('shadow version %s failed: %r', route.shadow, e)
+
+def _record_requests(state:ServingState,
+                     route:Route,      # the request's route (version and role)
+                     user_id,          # the X-User-Id sent, or None: only its `user_key` is kept
+                     inputs:list,      # the records as received, one per row
+                     preds:list,       # the predictions returned
+                     rid:str, ts:str): # the request's id and time
+    "One request-log record per predicted row; a log that fails makes the request a 503 (not recorded, not accepted)"
+    try:
+        for rec, p in zip(inputs, preds):
+            state.request_log.append({'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
+                                      'user_key': user_key(user_id, state.log_salt), 'inputs': rec, 'prediction': p})
+    except Exception as e:   # not recorded means not accepted: the client retries, nothing is lost silently
+        log.error('request_log.append failed: %r', e)
+        raise RequestRejected(503, [problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
+
+# %% ../nbs/02_serving.ipynb
+def _predict_rows(state:ServingState,
+                  rows:list,      # checked feature rows
+                  user_id,        # the X-User-Id sent, or None
+                  inputs:list     # the records as received, one per row (for the request log)
+                 ) -> dict:
+    "Route, predict, log the shadow answer and the accepted request; the JSON answer"
+    route = state.router.route(user_id)
+    model = state.registry.get(route.version)
+    preds = [round(p, 2) for p in predict_salary(model, rows).tolist()]
+    _labelled(state.metrics, 'predictions', route.version, route.role).inc(len(rows))
+    rid, ts = uuid.uuid4().hex, (_now() if route.shadow or state.request_log is not None else None)
+    if route.shadow: _shadow_answer(state, route, rows, preds, rid, ts)
+    if state.request_log is not None: _record_requests(state, route, user_id, inputs, preds, rid, ts)
+    return {'preds': preds, 'version': route.version, 'role': route.role, 'request_id': rid, 'model': model['name']}
+
+# %% ../nbs/02_serving.ipynb
+def _page(state:ServingState, status:int=200,
+          values:dict=None,      # the text typed in each field, shown again
+          errors:dict=None,      # a message per field, shown next to it
+          prediction=None, version=None) -> Response:   # the salary predicted, and by which version
+    "The HTML form: the values typed, each error next to its field, or the prediction and its version"
+    html = render_template_string(_FORM, fields=_FIELDS, values=values or {}, errors=errors or {}, prediction=prediction,
+                                  version=version, name=MODEL_NAME, strategy=state.router.policy.strategy)
+    return Response(html, status=status, mimetype='text/html')
+
+def _rejected(state:ServingState, status:int, problems:list, error:str,
+              form_values:dict=None) -> Response:   # set when a form was posted: answer with the form again
+    "A refusal: the form again with its errors after a form post, else a JSON problem report"
+    if form_values is not None: return _page(state, status, form_values, {p['field']: p['message'] for p in problems})
+    return json_response({'error': error, 'status': status, 'problems': problems}, status)
+
+# %% ../nbs/02_serving.ipynb
+def _install_hooks(app:Flask, state:ServingState):
+    "Read a chunked body whole, count and time every request, and answer every refusal with a 4xx naming its field"
     @app.before_request
     def _start():
         g.t0 = time.perf_counter()
         env = request.environ
         if _is_chunked(env):   # no Content-Length: read it all now (within the limit), then it has one
-            body = read_chunked(env['wsgi.input'], max_body)
+            body = read_chunked(env['wsgi.input'], state.max_body)
             env.update({'wsgi.input': io.BytesIO(body), 'CONTENT_LENGTH': str(len(body))}); env.pop('HTTP_TRANSFER_ENCODING', None)
 
     @app.after_request
@@ -590,92 +669,125 @@ def create_app(registry_dir=None,        # model registry folder (or an object w
         resp.headers.setdefault('X-Content-Type-Options', 'nosniff')
         return resp
 
-    @app.errorhandler(_Rejected)
-    def _on_rejected(e): return rejected(e.status, e.problems, e.error, g.get('form_values'))
+    @app.errorhandler(RequestRejected)
+    def _on_rejected(e): return _rejected(state, e.status, e.problems, e.error, g.get('form_values'))
 
     @app.errorhandler(HTTPException)
     def _on_http(e):
         field = {404: 'path', 405: 'method', 413: '(body)'}.get(e.code, '(request)')
-        return rejected(e.code, [_problem(field, e.description)], e.name.lower(), g.get('form_values'))
+        return _rejected(state, e.code, [problem(field, e.description)], e.name.lower(), g.get('form_values'))
 
     @app.errorhandler(Exception)
     def _on_error(e):   # a bug of ours: logged with its trace, answered without it
         log.exception('unhandled error on %s %s', request.method, request.path)
-        return _json({'error': 'internal error', 'status': 500, 'problems': [_problem('(server)', 'unexpected error, logged')]}, 500)
+        return json_response({'error': 'internal error', 'status': 500, 'problems': [problem('(server)', 'unexpected error, logged')]}, 500)
 
+# %% ../nbs/02_serving.ipynb
+def _predict_json(state:ServingState) -> Response:
+    "POST /predict with a JSON record or batch: the prediction(s), model, version, role and request id"
+    user_id = _user_id(request.headers.get('X-User-Id'))
+    rows, problems, batch = validate_records(_json_body(), state.max_batch)
+    if problems: raise RequestRejected(422, problems, 'invalid input')
+    inputs = [dict(zip(SALARY_FEATURES, r)) for r in rows]
+    out = _predict_rows(state, rows, user_id, inputs)
+    body = {('predictions' if batch else 'prediction'): out['preds'] if batch else out['preds'][0],
+            'model': out['model'], 'version': out['version'], 'role': out['role'], 'request_id': out['request_id']}
+    resp = json_response(body); resp.headers['X-Model-Version'] = out['version']
+    return resp
+
+def _predict_form(state:ServingState) -> Response:
+    "POST /predict from the HTML form: the page again, with the prediction or each error next to its field"
+    g.form_values = {}
+    form_data = request.form   # raises 413 over the limits
+    g.form_values = {f: form_data.get(f, '')[:40] for f in SALARY_FEATURES}
+    user_id = _user_id(form_data.get('user_id') or request.headers.get('X-User-Id'))
+    rec, problems = parse_form(form_data)
+    row, more = validate_record(rec)   # ranges of the fields that parsed; one problem per field
+    problems += [p for p in more if p['field'] not in {q['field'] for q in problems}]
+    if problems: raise RequestRejected(422, problems, 'invalid input')
+    out = _predict_rows(state, [row], user_id, [rec])
+    resp = _page(state, 200, g.form_values, prediction=out['preds'][0], version=out['version'])
+    resp.headers['X-Model-Version'] = out['version']
+    return resp
+
+def _add_predict_routes(app:Flask, state:ServingState):
+    "GET / (the form) and POST /predict (JSON or a form post; any other content type is a 415)"
     @app.get('/')
-    def form(): return page()
+    def form(): return _page(state)
 
     @app.post('/predict')
     def predict():
-        if request.mimetype == 'application/json':
-            user_id = _user_id(request.headers.get('X-User-Id'))
-            rows, problems, batch = validate_records(_json_body(), state.max_batch)
-            if problems: raise _Rejected(422, problems, 'invalid input')
-            inputs = [dict(zip(SALARY_FEATURES, r)) for r in rows]
-            out = _predict_rows(state, rows, user_id, inputs)
-            body = {('predictions' if batch else 'prediction'): out['preds'] if batch else out['preds'][0],
-                    'model': out['model'], 'version': out['version'], 'role': out['role'], 'request_id': out['request_id']}
-            resp = _json(body); resp.headers['X-Model-Version'] = out['version']
-            return resp
-        if request.mimetype == 'application/x-www-form-urlencoded':
-            g.form_values = {}
-            form_data = request.form   # raises 413 over the limits
-            g.form_values = {f: form_data.get(f, '')[:40] for f in SALARY_FEATURES}
-            user_id = _user_id(form_data.get('user_id') or request.headers.get('X-User-Id'))
-            rec, problems = parse_form(form_data)
-            row, more = validate_record(rec)   # ranges of the fields that parsed; one problem per field
-            problems += [p for p in more if p['field'] not in {q['field'] for q in problems}]
-            if problems: raise _Rejected(422, problems, 'invalid input')
-            out = _predict_rows(state, [row], user_id, [rec])
-            resp = page(200, g.form_values, prediction=out['preds'][0], version=out['version'])
-            resp.headers['X-Model-Version'] = out['version']
-            return resp
-        raise _Rejected(415, [_problem('Content-Type', f"{request.mimetype or 'none'} is not supported: send application/json or a form")],
-                        'unsupported media type')
+        if request.mimetype == 'application/json': return _predict_json(state)
+        if request.mimetype == 'application/x-www-form-urlencoded': return _predict_form(state)
+        raise RequestRejected(415, [problem('Content-Type', f"{request.mimetype or 'none'} is not supported: send application/json or a form")],
+                              'unsupported media type')
 
+# %% ../nbs/02_serving.ipynb
+def _add_status_routes(app:Flask, state:ServingState):
+    "GET /health (liveness), /ready (the policy's models load), /version (model card), /metrics and /openapi.json"
+    router, registry = state.router, state.registry
     @app.get('/health')
-    def health(): return _json({'status': 'ok', 'pid': os.getpid()})
+    def health(): return json_response({'status': 'ok', 'pid': os.getpid()})
 
     @app.get('/ready')
     def ready():
         p = router.policy
         try:
             for v in {p.live, p.candidate} - {None}: registry.get(v)
-        except (OSError, ModelRejected) as e: return _json({'ready': False, 'reason': str(e)[:200]}, 503)
-        return _json({'ready': True, 'live': p.live, 'candidate': p.candidate})
+        except (OSError, ModelRejected) as e: return json_response({'ready': False, 'reason': str(e)[:200]}, 503)
+        return json_response({'ready': True, 'live': p.live, 'candidate': p.candidate})
 
     @app.get('/version')
     def version():
         p = router.policy; m = registry.get(p.live)
-        return _json({'name': m['name'], 'version': m['version'], 'sha256': m['sha256'], 'metrics': m['metrics'],
-                        'training': m['training'], 'policy': p.to_dict(), 'versions': registry.versions()})
+        return json_response({'name': m['name'], 'version': m['version'], 'sha256': m['sha256'], 'metrics': m['metrics'],
+                              'training': m['training'], 'policy': p.to_dict(), 'versions': registry.versions()})
 
     @app.get('/metrics')
     def metrics(): return Response(_metrics_text(state.metrics['registry']), mimetype=CONTENT_TYPE_LATEST.split(';')[0],
                                    headers={'Content-Type': CONTENT_TYPE_LATEST})
 
     @app.get('/openapi.json')
-    def openapi(): return _json(openapi_spec(state.max_batch, max_body))
+    def openapi(): return json_response(openapi_spec(state.max_batch, state.max_body))
 
+# %% ../nbs/02_serving.ipynb
+def _add_admin_routes(app:Flask, state:ServingState):
+    "GET and PUT /admin/policy, POST /admin/rollback: read, change or roll back the routing policy (admin token)"
+    router = state.router
     @app.route('/admin/policy', methods=['GET', 'PUT'])
     def admin_policy():
-        _check_admin(state)
-        if request.method == 'GET': return _json(router.policy.to_dict())
-        if request.mimetype != 'application/json': raise _Rejected(415, [_problem('Content-Type', 'send the policy as application/json')], 'unsupported media type')
+        check_admin(state)
+        if request.method == 'GET': return json_response(router.policy.to_dict())
+        if request.mimetype != 'application/json': raise RequestRejected(415, [problem('Content-Type', 'send the policy as application/json')], 'unsupported media type')
         try: new = router.set_policy(_json_body())
-        except PolicyError as e: raise _Rejected(422, [_problem(e.field, e.message)], 'invalid policy') from None
+        except PolicyError as e: raise RequestRejected(422, [problem(e.field, e.message)], 'invalid policy') from None
         log.info('policy changed to %s', new)
-        return _json(new.to_dict())
+        return json_response(new.to_dict())
 
     @app.post('/admin/rollback')
     def admin_rollback():
-        _check_admin(state)
+        check_admin(state)
         try: new = router.rollback()
-        except PolicyError as e: raise _Rejected(409, [_problem(e.field, e.message)], 'conflict') from None
+        except PolicyError as e: raise RequestRejected(409, [problem(e.field, e.message)], 'conflict') from None
         log.info('policy rolled back to %s', new)
-        return _json(new.to_dict())
+        return json_response(new.to_dict())
 
+# %% ../nbs/02_serving.ipynb
+def create_app(registry_dir=None,        # model registry folder (or an object with versions/latest/get); default `LABKIT_REGISTRY`, else the shipped one
+               policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
+               request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
+               policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
+               admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN`, else `LABKIT_ADMIN_TOKEN_FILE` (neither: admin off)
+               max_batch:int=MAX_BATCH,  # records in one request
+               max_body:int=MAX_BODY,    # bytes in one request body
+               seed:int=0) -> Flask:     # seed of the canary draws (reproducible traffic splits)
+    "The salary service: form, /predict, health, readiness, metrics, version, OpenAPI and a policy router"
+    state = _serving_state(registry_dir, policy, request_log, policy_file, admin_token, max_batch, max_body, seed)
+    app = Flask('labkit.serving')
+    app.config.update(MAX_CONTENT_LENGTH=max_body, MAX_FORM_MEMORY_SIZE=max_body, MAX_FORM_PARTS=50)
+    app.extensions['labkit_serving'] = state
+    _install_hooks(app, state)
+    for add_routes in (_add_predict_routes, _add_status_routes, _add_admin_routes): add_routes(app, state)
     return app
 
 # %% ../nbs/02_serving.ipynb
@@ -694,7 +806,7 @@ def send_traffic(client,            # a Flask test client (or anything with the 
     return pd.DataFrame(out)
 
 # %% ../nbs/02_serving.ipynb
-GUNICORN_CONF = '''\
+_GUNICORN_SETTINGS = '''\
 "gunicorn settings of the labkit salary service: gunicorn -c gunicorn.conf.py 'labkit.serving:create_app()'"
 # Written by labkit.serving.write_gunicorn_conf; every setting can be changed by an environment variable.
 import glob, os, shutil, tempfile
@@ -711,6 +823,10 @@ accesslog = os.environ.get('LABKIT_ACCESS_LOG') or None     # '-' for stdout
 loglevel = os.environ.get('LABKIT_LOG_LEVEL', 'info')
 control_socket_disable = True   # gunicorn >= 25 would open a control socket in $HOME shared by every instance; not used here
 
+'''
+
+# %% ../nbs/02_serving.ipynb
+_GUNICORN_HOOKS = '''\
 # Prometheus counters of all workers go to files in one folder (read before prometheus_client is imported);
 # by default a fresh private folder, which also holds the routing policy that every worker watches.
 # (This file runs again on HUP, a rolling restart: what is in the environment by then is kept.)
@@ -740,6 +856,7 @@ def child_exit(server, worker):
 def on_exit(server):
     if os.environ.get('LABKIT_OWNS_METRICS_DIR'): shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)
 '''
+GUNICORN_CONF = _GUNICORN_SETTINGS + _GUNICORN_HOOKS
 
 def write_gunicorn_conf(path) -> Path:
     "Write the course's gunicorn.conf.py to `path`"
@@ -748,23 +865,38 @@ def write_gunicorn_conf(path) -> Path:
     return path
 
 # %% ../nbs/02_serving.ipynb
+def _gunicorn_env(port:int,             # loopback port to bind
+                  workers:int,          # worker processes
+                  folder:Path,          # holds the metrics files (metrics/) and the policy file
+                  registry=None,        # model registry folder (`LABKIT_REGISTRY`), default the shipped one
+                  admin_token:str=None, # token of the /admin routes (`LABKIT_ADMIN_TOKEN`), default off
+                  extra:dict=None) -> dict: # more variables, set last
+    "The environment of a gunicorn run on 127.0.0.1: this process's labkit, its own metrics folder and policy file"
+    env = {**os.environ, 'LABKIT_BIND': f'127.0.0.1:{port}', 'LABKIT_WORKERS': str(workers),
+           'PROMETHEUS_MULTIPROC_DIR': str(folder/'metrics'), 'LABKIT_POLICY_FILE': str(folder/'policy.json'), **(extra or {})}
+    import labkit   # the workers import the same labkit as this process
+    env['PYTHONPATH'] = os.pathsep.join(p for p in [str(Path(labkit.__file__).resolve().parent.parent), env.get('PYTHONPATH', '')] if p)
+    if registry: env['LABKIT_REGISTRY'] = str(registry)
+    if admin_token: env['LABKIT_ADMIN_TOKEN'] = admin_token
+    return env
+
+# %% ../nbs/02_serving.ipynb
 class GunicornServer:
     "gunicorn with `labkit.serving:create_app()` on 127.0.0.1 for the length of a `with` block"
-    def __init__(self, workers:int=2, port:int=None, registry=None, admin_token:str=None, env:dict=None, startup_timeout:float=30):
+    def __init__(self, workers:int=2,            # worker processes
+                 port:int=None,                  # loopback port; default a free one
+                 registry=None,                  # model registry folder; default the shipped one
+                 admin_token:str=None,           # token of the /admin routes; default off
+                 env:dict=None,                  # more environment variables for gunicorn
+                 startup_timeout:float=30):      # seconds to wait for /ready
         self.workers, self.port, self.registry, self.admin_token = workers, port or free_port(), registry, admin_token
         self.env, self.startup_timeout, self.proc = env or {}, startup_timeout, None
     @property
     def url(self) -> str: return f'http://127.0.0.1:{self.port}'
     def __enter__(self):
         self.dir = Path(tempfile.mkdtemp(prefix='labkit-gunicorn-'))
-        conf = write_gunicorn_conf(self.dir/'gunicorn.conf.py')
-        env = {**os.environ, 'LABKIT_BIND': f'127.0.0.1:{self.port}', 'LABKIT_WORKERS': str(self.workers),
-               'PROMETHEUS_MULTIPROC_DIR': str(self.dir/'metrics'), 'LABKIT_POLICY_FILE': str(self.dir/'policy.json'), **self.env}
-        import labkit   # the workers import the same labkit as this process
-        env['PYTHONPATH'] = os.pathsep.join(p for p in [str(Path(labkit.__file__).resolve().parent.parent), env.get('PYTHONPATH', '')] if p)
-        if self.registry: env['LABKIT_REGISTRY'] = str(self.registry)
-        if self.admin_token: env['LABKIT_ADMIN_TOKEN'] = self.admin_token
-        (self.dir/'metrics').mkdir()
+        conf = write_gunicorn_conf(self.dir/'gunicorn.conf.py'); (self.dir/'metrics').mkdir()
+        env = _gunicorn_env(self.port, self.workers, self.dir, self.registry, self.admin_token, self.env)
         self.log = open(self.dir/'gunicorn.log', 'wb')
         self.proc = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', str(conf), 'labkit.serving:create_app()'],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -773,6 +905,7 @@ class GunicornServer:
             raise RuntimeError(f"gunicorn did not start on {self.url}:\n{self.log_text()[-3000:]}")
         return self
     def _all_workers_up(self, timeout:float=15) -> bool:
+        "Wait until every worker process is up"
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if len(self.worker_pids()) >= self.workers: return True
@@ -786,8 +919,7 @@ class GunicornServer:
         return (self.dir/'gunicorn.log').read_text(errors='replace') if (self.dir/'gunicorn.log').exists() else ''
     def __exit__(self, *exc):
         if self.proc: stop_child(self.proc, grace=15)   # the master, and any worker it left behind
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.log.close(); shutil.rmtree(self.dir, ignore_errors=True)
         return False
 
 # %% ../nbs/02_serving.ipynb
@@ -835,6 +967,7 @@ def _serve_env(registry, policy_file, admin_token_file) -> dict:
         env.pop('LABKIT_ADMIN_TOKEN', None)   # the file given on purpose wins
     return env
 
+# %% ../nbs/02_serving.ipynb
 def _flask_dev_server(env:dict, host:str, port:int) -> int:
     "Flask's development server until Ctrl-C or SIGTERM"
     app = create_app(env.get('LABKIT_REGISTRY'), policy_file=env.get('LABKIT_POLICY_FILE'), admin_token=_admin_token_from(env))
@@ -891,7 +1024,29 @@ def load_test(url:str,              # full URL, e.g. http://127.0.0.1:8000/predi
             'p50_ms': round(float(np.percentile(ms, 50)), 2), 'p99_ms': round(float(np.percentile(ms, 99)), 2)}
 
 # %% ../nbs/02_serving.ipynb
-def check_sticky_bucket(fn):
-    "Self-check of the sticky-bucket exercise"
-    cases = [((u,), int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 100) for u in ('alice', 'bob', 'user-42', 'élodie')]
-    return check_function(fn, cases, why='sha256 of the UTF-8 bytes, `hexdigest()[:8]` read with int(..., 16), then % 100.')
+def check_canary_verdict(fn):
+    "Self-check of the canary-verdict exercise: each case names the mistake it catches"
+    cases = [((100, 10_000, 0, 500), 'promote', "a canary with fewer errors than live is promoted: roll back only when the canary's "
+                                                "error rate is *above* live's by more than `tolerance`."),
+             ((5, 1_000, 4, 200), 'rollback', "compare error *rates* (errors / requests), not counts: 4 errors in 200 requests "
+                                              "is 2 %, against live's 5 in 1,000 (0.5 %)."),
+             ((50, 10_000, 1, 20), 'wait', "below `min_requests` canary requests the rates mean nothing yet: answer 'wait' "
+                                           "before comparing anything."),
+             ((100, 10_000, 3, 200), 'promote', "1.5 % against live's 1 % is within the tolerance of 1 point: roll back only when "
+                                                "canary rate > live rate + tolerance."),
+             ((10, 1_000, 30, 1_000, 200, 0.05), 'promote', "use the `tolerance` (and `min_requests`) you are given, not fixed numbers.")]
+    return check_function(fn, cases, why="wait below min_requests; rollback if canary rate > live rate + tolerance; else promote.",
+                          same=lambda got, expected: got == expected)
+
+# %% ../nbs/02_serving.ipynb
+def check_users_moved(fn):
+    "Self-check of the users-moved exercise: each case names the mistake it catches"
+    users = [f'user-{i}' for i in range(40)]
+    moved = lambda old, new: sum((user_bucket(u) < old) != (user_bucket(u) < new) for u in users) / len(users)
+    cases = [((['alice', 'bob', 'carol', 'dave'], 0, 100), 1.0, "return a share of the users (moved / len(user_ids)), not a count."),
+             ((users, 20, 50), moved(20, 50), "count the users whose group actually changes (bucket < percent before, and after), "
+                                              "not the difference of the percentages: a finite set of users is never split exactly."),
+             ((users, 50, 20), moved(50, 20), "lowering the percent moves users too (from B back to A): count a change either way."),
+             ((users, 5, 25), moved(5, 25), "a user is in group B when its bucket is *below* percent (`<`, as `Router` routes): "
+                                            "user-37's bucket is 5, so it is in A at 5 % and in B at 25 %.")]
+    return check_function(fn, cases, why="share of users with (user_bucket(u) < old_percent) != (user_bucket(u) < new_percent).")

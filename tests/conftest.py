@@ -1,8 +1,9 @@
-"Shared fixtures: the repository, a Docker engine when one answers, free loopback ports"
+"Shared fixtures: the repository, a Docker engine when one answers, a headless browser, free loopback ports"
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 import pytest
 import nbval.plugin
@@ -44,5 +45,27 @@ def docker_engine():
     except subprocess.TimeoutExpired: pytest.skip('docker info did not answer within 20 s')
     if r.returncode != 0: pytest.skip(f"no Docker engine answers: {(r.stderr.strip().splitlines() or ['docker info failed'])[-1]}")
     return json.loads(r.stdout)
+
+CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                  '--disable-sync', '--no-first-run', '--disable-dev-shm-usage')
+
+@pytest.fixture(scope='module')
+def browser():
+    "Debian's headless Chromium driven by selenium through Debian's chromedriver, a fresh profile per module; a skip saying what is missing"
+    chromium, chromedriver = shutil.which('chromium') or shutil.which('chromium-browser'), shutil.which('chromedriver')
+    if not (chromium and chromedriver):
+        pytest.skip("headless Chromium is not installed: apt-get install chromium chromium-driver (Debian packages; no browser is downloaded)")
+    webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install "labkit[dev]")')
+    from selenium.webdriver.chrome.service import Service
+    profile = tempfile.mkdtemp(prefix='labkit-chromium-')
+    try:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for flag in (*CHROMIUM_FLAGS, f'--user-data-dir={profile}'): opts.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
+        driver.set_page_load_timeout(60)
+        yield driver
+        driver.quit()
+    finally: shutil.rmtree(profile, ignore_errors=True)
 
 from labkit.core import free_port   # one definition, shared with the labs
