@@ -6,7 +6,7 @@
 __all__ = ['SCRAPE_ERROR_REASONS', 'STRATEGIES', 'wait_until', 'prometheus_config', 'alertmanager_config', 'promtool_check',
            'write_stack_config', 'WebhookReceiver', 'ThreadedServer', 'prometheus_api', 'prometheus_alerts',
            'gpu_readings', 'GpuCollector', 'hardware_registry', 'salary_reference', 'salary_requests', 'send_requests',
-           'MonitoringStack', 'drift_drill', 'metrics_page_problem', 'ScrapeWatch', 'check_dashboard', 'plot_panels',
+           'metrics_page_problem', 'ScrapeWatch', 'MonitoringStack', 'drift_drill', 'check_dashboard', 'plot_panels',
            'monitoring_stack_cli', 'import_evidently', 'evidently_drift', 'compare_drift',
            'tensorboard_without_tensorflow', 'ScalarLog', 'tensorboard_service', 'read_scalars', 'tensorboard_scalars',
            'transfer_data', 'pretrain', 'hidden_features', 'retrain', 'transfer_table', 'labels_needed',
@@ -222,6 +222,97 @@ def send_requests(url:str,            # the app's base URL
     return len(frame)
 
 # %% ../nbs/13_monitoring_stack.ipynb
+SCRAPE_ERROR_REASONS = ('unreachable', 'http_status', 'not_text', 'too_large', 'truncated', 'malformed')   # why a page is unusable
+_METRICS_TYPES = ('text/plain', 'application/openmetrics-text')
+
+def _types_clash(text:str) -> bool:
+    "A metric declared with two TYPEs, or a counter with a negative sample (the parser accepts both)"
+    from prometheus_client.parser import text_string_to_metric_families
+    declared = {}
+    for name, kind in re.findall(r'^# TYPE (\S+) (\S+)', text, flags=re.M):
+        if declared.setdefault(name, kind) != kind: return True
+    return any(f.type == 'counter' and s.value < 0 for f in text_string_to_metric_families(text) for s in f.samples)
+
+def metrics_page_problem(body:bytes,                    # the page as it came
+                         content_type:str='text/plain', # its Content-Type header ('' when it had none)
+                         max_bytes:int=4_000_000,       # a larger page is refused (Prometheus' body_size_limit does the same)
+                         max_line:int=65_536) -> str:   # a longer line is refused
+    "Why a /metrics page is unusable (a reason of `SCRAPE_ERROR_REASONS`), or None when it parses"
+    from prometheus_client.parser import text_string_to_metric_families
+    if len(body) > max_bytes or max(map(len, body.split(b'\n'))) > max_line: return 'too_large'
+    if content_type and not content_type.startswith(_METRICS_TYPES): return 'not_text'
+    try: text = body.decode('utf-8')
+    except UnicodeDecodeError: return 'not_text'
+    try:
+        if _types_clash(text): return 'malformed'
+        for _ in text_string_to_metric_families(text): pass
+    except Exception: return 'malformed'   # the parser raises ValueError, and others on odd input: a page must never crash the monitor
+    return None   # no sample at all is a page too: an app before its first request
+
+
+# %% ../nbs/13_monitoring_stack.ipynb
+class ScrapeWatch:
+    "Scrape /metrics pages of targets; count, on a monitor's registry, every unusable page by target and reason"
+    def __init__(self, registry,           # the monitor's prometheus_client registry
+                 targets:dict=None,        # target name -> URL of its /metrics page
+                 timeout:float=2.0,        # seconds a scrape may take
+                 max_bytes:int=4_000_000): # larger pages are refused
+        from prometheus_client import Counter
+        self.registry, self.targets, self.timeout, self.max_bytes = registry, {}, timeout, max_bytes
+        self.c_scrapes = Counter('labkit_monitor_scrapes_total', 'Metrics pages the monitor scraped, by target', ['target'], registry=registry)
+        self.c_errors = Counter('labkit_monitor_scrape_errors_total', 'Scraped metrics pages that were unusable, by target and reason',
+                                ['target', 'reason'], registry=registry)
+        for target, url in (targets or {}).items(): self.add(target, url)
+
+    def __repr__(self): return f"ScrapeWatch({sorted(self.targets)})"
+
+    def add(self, target:str, url:str):   # its name; the URL of its /metrics page
+        "Watch one more target; its counters are exposed at 0 at once"
+        self.targets[target] = url
+        self.c_scrapes.labels(target=target)
+        for why in SCRAPE_ERROR_REASONS: self.c_errors.labels(target=target, reason=why)
+
+    def errors(self, target:str) -> dict:   # a watched target
+        "The unusable pages of a target so far, by reason"
+        value = lambda why: self.registry.get_sample_value('labkit_monitor_scrape_errors_total', {'target': target, 'reason': why})
+        return {why: value(why) for why in SCRAPE_ERROR_REASONS}
+
+
+# %% ../nbs/13_monitoring_stack.ipynb
+def _fetch_page(url:str, timeout:float, max_bytes:int):
+    "(body, content type, None), or (None, None, the reason the page could not be had)"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body, length = r.read(max_bytes + 1), r.headers.get('Content-Length', '')   # one byte more than allowed: too large
+            if length.isdigit() and len(body) < min(int(length), max_bytes + 1): return None, None, 'truncated'   # cut short of what it announced
+            return body, r.headers.get('Content-Type', ''), None
+    except urllib.error.HTTPError: return None, None, 'http_status'
+    except http.client.IncompleteRead: return None, None, 'truncated'
+    except (OSError, ValueError, http.client.HTTPException): return None, None, 'unreachable'
+
+@patch
+def scrape(self:ScrapeWatch, target:str,   # a watched target
+           url:str=None) -> str:           # its page (default: the one `add` gave)
+    "Scrape one target: None when its page is usable, else the reason, counted (never raised)"
+    body, ctype, why = _fetch_page(url or self.targets[target], self.timeout, self.max_bytes)
+    why = why or metrics_page_problem(body, ctype, self.max_bytes)
+    self.c_scrapes.labels(target=target).inc()
+    if why: self.c_errors.labels(target=target, reason=why).inc()
+    return why
+
+@patch
+def watch(self:ScrapeWatch, stopping, interval:float):   # threading.Event that ends the loop; seconds between two rounds
+    "Scrape every target every `interval` seconds in a daemon thread, until `stopping` is set"
+    def loop():
+        while not stopping.is_set():
+            for target, url in list(self.targets.items()): self.scrape(target, url)   # a copy: `add` may run meanwhile
+            stopping.wait(interval)
+    thread = threading.Thread(target=loop, name='labkit-scrape-watch', daemon=True)
+    thread.start()
+    return thread
+
+
+# %% ../nbs/13_monitoring_stack.ipynb
 class MonitoringStack:
     "The served app and its request log, the monitor (and its watch of the pages Prometheus scrapes), a hardware exporter, Prometheus, Alertmanager and a webhook receiver"
     def __init__(self, data,                # folder of everything the stack writes (logs, configs, Prometheus' data)
@@ -350,97 +441,6 @@ def drift_drill(stack:MonitoringStack,  # a started stack
     stack.wait_alert(alert, 'resolved', timeout); note(f'{alert} resolved in Prometheus')
     stack.wait_delivered(alert, 'resolved', after, timeout); note(f'{alert} resolution delivered')
     return pd.DataFrame(events)
-
-# %% ../nbs/13_monitoring_stack.ipynb
-SCRAPE_ERROR_REASONS = ('unreachable', 'http_status', 'not_text', 'too_large', 'truncated', 'malformed')   # why a page is unusable
-_METRICS_TYPES = ('text/plain', 'application/openmetrics-text')
-
-def _types_clash(text:str) -> bool:
-    "A metric declared with two TYPEs, or a counter with a negative sample (the parser accepts both)"
-    from prometheus_client.parser import text_string_to_metric_families
-    declared = {}
-    for name, kind in re.findall(r'^# TYPE (\S+) (\S+)', text, flags=re.M):
-        if declared.setdefault(name, kind) != kind: return True
-    return any(f.type == 'counter' and s.value < 0 for f in text_string_to_metric_families(text) for s in f.samples)
-
-def metrics_page_problem(body:bytes,                    # the page as it came
-                         content_type:str='text/plain', # its Content-Type header ('' when it had none)
-                         max_bytes:int=4_000_000,       # a larger page is refused (Prometheus' body_size_limit does the same)
-                         max_line:int=65_536) -> str:   # a longer line is refused
-    "Why a /metrics page is unusable (a reason of `SCRAPE_ERROR_REASONS`), or None when it parses"
-    from prometheus_client.parser import text_string_to_metric_families
-    if len(body) > max_bytes or max(map(len, body.split(b'\n'))) > max_line: return 'too_large'
-    if content_type and not content_type.startswith(_METRICS_TYPES): return 'not_text'
-    try: text = body.decode('utf-8')
-    except UnicodeDecodeError: return 'not_text'
-    try:
-        if _types_clash(text): return 'malformed'
-        for _ in text_string_to_metric_families(text): pass
-    except Exception: return 'malformed'   # the parser raises ValueError, and others on odd input: a page must never crash the monitor
-    return None   # no sample at all is a page too: an app before its first request
-
-
-# %% ../nbs/13_monitoring_stack.ipynb
-class ScrapeWatch:
-    "Scrape /metrics pages of targets; count, on a monitor's registry, every unusable page by target and reason"
-    def __init__(self, registry,           # the monitor's prometheus_client registry
-                 targets:dict=None,        # target name -> URL of its /metrics page
-                 timeout:float=2.0,        # seconds a scrape may take
-                 max_bytes:int=4_000_000): # larger pages are refused
-        from prometheus_client import Counter
-        self.registry, self.targets, self.timeout, self.max_bytes = registry, {}, timeout, max_bytes
-        self.c_scrapes = Counter('labkit_monitor_scrapes_total', 'Metrics pages the monitor scraped, by target', ['target'], registry=registry)
-        self.c_errors = Counter('labkit_monitor_scrape_errors_total', 'Scraped metrics pages that were unusable, by target and reason',
-                                ['target', 'reason'], registry=registry)
-        for target, url in (targets or {}).items(): self.add(target, url)
-
-    def __repr__(self): return f"ScrapeWatch({sorted(self.targets)})"
-
-    def add(self, target:str, url:str):   # its name; the URL of its /metrics page
-        "Watch one more target; its counters are exposed at 0 at once"
-        self.targets[target] = url
-        self.c_scrapes.labels(target=target)
-        for why in SCRAPE_ERROR_REASONS: self.c_errors.labels(target=target, reason=why)
-
-    def errors(self, target:str) -> dict:   # a watched target
-        "The unusable pages of a target so far, by reason"
-        value = lambda why: self.registry.get_sample_value('labkit_monitor_scrape_errors_total', {'target': target, 'reason': why})
-        return {why: value(why) for why in SCRAPE_ERROR_REASONS}
-
-
-# %% ../nbs/13_monitoring_stack.ipynb
-def _fetch_page(url:str, timeout:float, max_bytes:int):
-    "(body, content type, None), or (None, None, the reason the page could not be had)"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            body, length = r.read(max_bytes + 1), r.headers.get('Content-Length', '')   # one byte more than allowed: too large
-            if length.isdigit() and len(body) < min(int(length), max_bytes + 1): return None, None, 'truncated'   # cut short of what it announced
-            return body, r.headers.get('Content-Type', ''), None
-    except urllib.error.HTTPError: return None, None, 'http_status'
-    except http.client.IncompleteRead: return None, None, 'truncated'
-    except (OSError, ValueError, http.client.HTTPException): return None, None, 'unreachable'
-
-@patch
-def scrape(self:ScrapeWatch, target:str,   # a watched target
-           url:str=None) -> str:           # its page (default: the one `add` gave)
-    "Scrape one target: None when its page is usable, else the reason, counted (never raised)"
-    body, ctype, why = _fetch_page(url or self.targets[target], self.timeout, self.max_bytes)
-    why = why or metrics_page_problem(body, ctype, self.max_bytes)
-    self.c_scrapes.labels(target=target).inc()
-    if why: self.c_errors.labels(target=target, reason=why).inc()
-    return why
-
-@patch
-def watch(self:ScrapeWatch, stopping, interval:float):   # threading.Event that ends the loop; seconds between two rounds
-    "Scrape every target every `interval` seconds in a daemon thread, until `stopping` is set"
-    def loop():
-        while not stopping.is_set():
-            for target, url in list(self.targets.items()): self.scrape(target, url)   # a copy: `add` may run meanwhile
-            stopping.wait(interval)
-    thread = threading.Thread(target=loop, name='labkit-scrape-watch', daemon=True)
-    thread.start()
-    return thread
-
 
 # %% ../nbs/13_monitoring_stack.ipynb
 def check_dashboard(url:str,             # Prometheus' base URL
