@@ -10,7 +10,7 @@ __all__ = ['SCRAPE_ERROR_REASONS', 'STRATEGIES', 'wait_until', 'prometheus_confi
            'monitoring_stack_cli', 'import_evidently', 'evidently_drift', 'compare_drift',
            'tensorboard_without_tensorflow', 'ScalarLog', 'tensorboard_service', 'read_scalars', 'tensorboard_scalars',
            'transfer_data', 'pretrain', 'hidden_features', 'retrain', 'transfer_table', 'labels_needed',
-           'check_delivered_pairs']
+           'check_delivered_pairs', 'check_first_firing']
 
 # %% ../nbs/13_monitoring_stack.ipynb
 import http.client, json, math, os, re, subprocess, threading, time, urllib.error, urllib.parse, urllib.request
@@ -679,10 +679,31 @@ def labels_needed(table:pd.DataFrame, target:float) -> pd.Series:   # a `transfe
 
 # %% ../nbs/13_monitoring_stack.ipynb
 def check_delivered_pairs(fn):
-    "Self-check of the webhook exercise"
+    "Self-check of the webhook exercise: each case names the mistake it catches"
     fire = lambda name, status, **labels: {'status': status, 'labels': {'alertname': name, **labels}}
     posts = [{'status': 'firing', 'alerts': [fire('FeatureDrift', 'firing', feature='age'), fire('FeatureDrift', 'firing', feature='income')]},
              {'status': 'resolved', 'alerts': [fire('FeatureDrift', 'resolved', feature='age')]}, {'status': 'firing', 'alerts': []}]
-    cases = [(([],), []), ((posts,), [('FeatureDrift', 'firing'), ('FeatureDrift', 'resolved')]),
-             ((posts + [{'alerts': [fire('AccuracyDrop', 'firing')]}],), [('AccuracyDrop', 'firing'), ('FeatureDrift', 'firing'), ('FeatureDrift', 'resolved')])]
-    return check_function(fn, cases, why="Take each alert's own `status` and `labels['alertname']`; use a set for distinct pairs, then sort it.")
+    mixed = [{'status': 'firing', 'alerts': [fire('FeatureBroken', 'resolved', feature='income'), fire('FeatureDrift', 'firing', feature='age')]}]
+    cases = [(([],), [], "no post, no pair: an empty list."),
+             ((mixed,), [('FeatureBroken', 'resolved'), ('FeatureDrift', 'firing')], "take each alert's own `status`: a post's "
+                                              "`status` is 'firing' as soon as one of its alerts fires."),
+             ((posts,), [('FeatureDrift', 'firing'), ('FeatureDrift', 'resolved')], "distinct pairs: one alert per feature "
+                                              "gives the same (alertname, status) twice; use a set, then sort it."),
+             ((posts + [{'alerts': [fire('AccuracyDrop', 'firing')]}],), [('AccuracyDrop', 'firing'), ('FeatureDrift', 'firing'), ('FeatureDrift', 'resolved')],
+              "sorted by alertname, then status (a list of tuples, sorted)."),
+             (([{'status': 'resolved'}],), [])]   # a post without `alerts`: p['alerts'] raises KeyError, and the check says so
+    return check_function(fn, cases, why="sorted({(a['labels']['alertname'], a['status']) for p in posts for a in p.get('alerts', [])})")
+
+# %% ../nbs/13_monitoring_stack.ipynb
+def check_first_firing(fn):
+    "Self-check of the `for:` exercise: each case names the mistake it catches"
+    cases = [(([0.3, 0.3, 0.3, 0.3], 0.25, 15, 0), 0, "with `for: 0s` an alert fires at the first evaluation its expression holds."),
+             (([0.1, 0.3, 0.3, 0.3, 0.3], 0.25, 15, 20), 45, "answer in seconds after the first evaluation (index × interval), "
+                                              "and only once the condition has held for `for_` seconds: pending at 15 s, firing at 45 s."),
+             (([0.3, 0.3, 0.3, 0.3], 0.25, 15, 30), 30, "it fires at the first evaluation at least `for_` seconds after it "
+                                              "turned pending (30 - 0 >= 30), not one interval later."),
+             (([0.3, 0.1, 0.3, 0.3, 0.3], 0.25, 15, 30), 60, "a value at or below the threshold resets the alert to inactive: "
+                                              "the `for:` clock starts again at 30 s, so it fires at 60 s, not 30 s."),
+             (([0.25, 0.25, 0.25], 0.25, 15, 0), None, "the rule is `expr > threshold`: a value equal to it does not hold."),
+             (([0.3, 0.3], 0.25, 15, 60), None, "never held for 60 s within the evaluations: None.")]
+    return check_function(fn, cases, why="Track when the condition started to hold (reset when it fails); fire at the first t with t - start >= for_.")
