@@ -116,6 +116,7 @@ def binned_counts(values, edges=None, categories=None) -> np.ndarray:
         counts = np.bincount(idx, minlength=len(edges) - 1).tolist()
     return np.array(counts + [int(miss.sum())])
 
+# %% ../nbs/07_monitoring.ipynb
 def psi(reference,             # reference values (training window)
         current,               # current values (serving window)
         bins:int=10,           # quantile bins for a numeric feature
@@ -696,6 +697,7 @@ def ab_checkpoints(frame:pd.DataFrame,  # logged requests in arrival order (see 
                      'decision': ab_decision(res, res['n_a'], res['n_b'], n_required, higher_is_better=higher_is_better)})
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_monitoring.ipynb
 def plot_ab(checks:pd.DataFrame, n_required:int, what:str='accuracy B - A'):
     "The running difference with its confidence interval, the planned size, and the decisions"
     import matplotlib.pyplot as plt
