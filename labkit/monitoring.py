@@ -11,7 +11,7 @@ __all__ = ['APPLICANT_FEATURES', 'CATEGORICAL', 'CHANNELS', 'PSI_MODERATE', 'PSI
            'simulate_retraining', 'min_sample_size', 'two_proportion_ztest', 'welch_ttest', 'ab_decision',
            'false_positive_rates', 'ab_from_log', 'ab_checkpoints', 'plot_ab', 'prometheus_rules', 'grafana_dashboard',
            'promql_metric_names', 'dashboard_metric_names', 'write_monitoring_config', 'MonitorService',
-           'serve_monitor', 'monitor_cli', 'check_psi']
+           'serve_monitor', 'monitor_cli', 'check_drifted_features', 'check_ab_test_days']
 
 # %% ../nbs/07_monitoring.ipynb
 import fcntl, json, logging, math, os, re, time
@@ -116,6 +116,7 @@ def binned_counts(values, edges=None, categories=None) -> np.ndarray:
         counts = np.bincount(idx, minlength=len(edges) - 1).tolist()
     return np.array(counts + [int(miss.sum())])
 
+# %% ../nbs/07_monitoring.ipynb
 def psi(reference,             # reference values (training window)
         current,               # current values (serving window)
         bins:int=10,           # quantile bins for a numeric feature
@@ -696,6 +697,7 @@ def ab_checkpoints(frame:pd.DataFrame,  # logged requests in arrival order (see 
                      'decision': ab_decision(res, res['n_a'], res['n_b'], n_required, higher_is_better=higher_is_better)})
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_monitoring.ipynb
 def plot_ab(checks:pd.DataFrame, n_required:int, what:str='accuracy B - A'):
     "The running difference with its confidence interval, the planned size, and the decisions"
     import matplotlib.pyplot as plt
@@ -863,10 +865,30 @@ def monitor_cli(log_dir:str,            # folder of the request log the app writ
     return 0
 
 # %% ../nbs/07_monitoring.ipynb
-def check_psi(fn):
-    "Self-check of the PSI-by-hand exercise"
-    cases = [(([25, 25, 25, 25], [25, 25, 25, 25]), 0.0),
-             (([50, 50], [40, 60]), 0.1*math.log(60/50) - 0.1*math.log(40/50)),
-             (([100, 300, 400, 200], [50, 150, 400, 400]), psi_from_counts([100, 300, 400, 200], [50, 150, 400, 400], eps=0))]
-    return check_function(fn, cases, rtol=1e-6,
-                          why='Divide each histogram by its own total first (shares, not counts), then sum (c - r) * ln(c / r).')
+def check_drifted_features(fn):
+    "Self-check of the drift-policy exercise: each case names the mistake it catches"
+    psi = {'age': 0.31, 'income': 0.12, 'debt_ratio': 0.02, 'channel': 0.27}
+    cases = [((psi, {}), ['age', 'channel'], "with no threshold of its own a feature is read against `default` (0.25)."),
+             ((psi, {'income': 0.1}), ['age', 'channel', 'income'], "a feature named in `thresholds` is read against its own "
+                                      "threshold (income: 0.12 > 0.1), the others against `default`."),
+             (({'age': 0.25, 'income': 0.4}, {}), ['income'], "drifted means *above* the threshold, as the alert rule's `>`: "
+                                      "a PSI equal to it is not drift."),
+             (({'age': 0.3, 'income': 0.9, 'channel': 0.5}, {}), ['income', 'channel', 'age'],
+              "sort by PSI, highest first (the worst drift is paged first), not by name."),
+             (({'age': float('nan'), 'income': 0.4}, {}), ['income'], "a NaN PSI means too few requests to tell: it is not drift "
+                                      "(and `not psi <= t` is True for NaN).")]
+    return check_function(fn, cases, why="[f for f in psi if psi[f] > thresholds.get(f, default)], sorted by PSI, highest first.")
+
+# %% ../nbs/07_monitoring.ipynb
+def check_ab_test_days(fn):
+    "Self-check of the A/B duration exercise: each case names the mistake it catches"
+    n = min_sample_size(0.8, 0.05)                                   # 906 labelled requests per arm
+    cases = [((0.8, 0.05, n, 0.5), 2, "each arm needs min_sample_size(p_a, mde) labelled requests, and an arm gets only its "
+                                      "share of the traffic: 906 a day split 50/50 fills an arm in 2 days."),
+             ((0.8, 0.05, 2*n, 0.25), 2, "the smaller arm is the bottleneck: with 25 % on B, B collects a quarter of the "
+                                         "traffic, so min(share_b, 1 - share_b) of it."),
+             ((0.8, 0.05, 2*n, 0.75), 2, "the smaller arm is the bottleneck, whichever it is: with 75 % on B, A collects "
+                                         "only a quarter of the traffic."),
+             ((0.8, 0.05, 2*n, 0.5, 0.5), 2, "only labelled requests count: multiply the traffic by `label_rate`."),
+             ((0.8, 0.05, 1000, 0.5), 2, "a test runs whole days: round up (math.ceil); a day short is an underpowered test.")]
+    return check_function(fn, cases, why="days = ceil(min_sample_size(p_a, mde) / (requests_per_day × label_rate × min(share_b, 1 - share_b))).")

@@ -1,9 +1,10 @@
-"Fuzzing the request log reader and the monitor: arbitrary lines (bytes, JSON of any shape) never stop an update, and every bad line is counted once"
+"Fuzzing the request log reader and the monitor: arbitrary lines (bytes, JSON of any shape) never stop an update, and every bad line is counted once; a metrics page of any bytes is usable or has a reason"
 import json, tempfile
 from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 from labkit.monitoring import BAD_RECORD_REASONS, APPLICANT_FEATURES, DriftMonitor, RequestLog, make_applicants
+from labkit.monitoring_stack import SCRAPE_ERROR_REASONS, metrics_page_problem
 
 REFERENCE = make_applicants(300, seed=0).assign(prediction=lambda d: (d.debt_ratio > 0.3).astype(int))
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -69,3 +70,15 @@ def test_appends_after_garbage_stay_readable(garbage):
         log = RequestLog(d, fsync=False)
         for i in range(3): log.append({'i': i, 'x': np.float32(0.5)})
         assert [r for r in log.records() if set(r) == {'i', 'x'}][-3:] == [{'i': i, 'x': 0.5} for i in range(3)]
+
+
+exposition_lines = st.lists(st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b'\n', b'')),
+    st.from_regex(rb'\A# (TYPE|HELP) [a-z_]{1,6} [a-z ]{0,10}\Z'),
+    st.from_regex(rb'\A[a-z_]{1,6}(\{[a-z]{1,3}="[^"\n\\]{0,5}"\})? ([-+0-9.eE]{1,8}|NaN|\+Inf|-Inf)\Z')), max_size=15)
+
+@FUZZ
+@given(exposition_lines, st.sampled_from(['', 'text/plain; version=0.0.4', 'text/html', 'application/json']))
+def test_a_metrics_page_of_any_lines_parses_or_has_a_reason(lines, content_type):
+    "Exposition lines, well formed or not, mixed with raw bytes: never an exception, always None or a known reason"
+    assert metrics_page_problem(b'\n'.join(lines), content_type) in (None, *SCRAPE_ERROR_REASONS)

@@ -132,6 +132,67 @@ def test_hardware_metrics_of_the_app_and_gpu_presence(stack):
     assert value('labkit_gpu_count{job="hardware"}') == len(gpu_readings())
 
 
+# --- malformed metrics pages ------------------------------------------------------------------------------------
+
+GOOD_PAGE = b'# TYPE labkit_predictions_total counter\nlabkit_predictions_total{version="v2"} 3\n'
+BAD_PAGES = [  # (status, headers, body, the reason the monitor must count)
+    ('200 OK', [('Content-Type', 'text/html')], b'<html><body>502 Bad Gateway</body></html>', 'not_text'),
+    ('200 OK', [('Content-Type', 'text/plain')], b'<html><body>502 Bad Gateway</body></html>', 'malformed'),
+    ('200 OK', [('Content-Type', 'text/plain')], b'labkit_predictions_total one\n', 'malformed'),
+    ('200 OK', [], GOOD_PAGE + b'# TYPE labkit_predictions_total gauge\n', 'malformed'),
+    ('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(GOOD_PAGE)))], GOOD_PAGE[:30], 'truncated'),
+    ('200 OK', [], GOOD_PAGE[:-12], 'malformed'),
+    ('200 OK', [], b'x ' + b'9' * 200_000 + b'\n', 'too_large'),
+    ('200 OK', [], b'up \xff\xfe\n', 'not_text'),
+    ('500 Internal Server Error', [], b'boom', 'http_status'),
+]
+
+@pytest.fixture
+def monitor_service(tmp_path):
+    "A served monitor of an empty request log, updating every 0.2 s"
+    from labkit.monitoring import serve_monitor
+    make_applicants(300, seed=0).assign(prediction=0).to_csv(tmp_path/'reference.csv', index=False)
+    service = serve_monitor(str(tmp_path/'requests'), str(tmp_path/'reference.csv'), port=0, interval=0.2)
+    yield service
+    service.stop()
+
+def _scrape_errors(port:int) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5) as r: text = r.read().decode()
+    return {(s.labels['target'], s.labels['reason']): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == 'labkit_monitor_scrape_errors_total'}
+
+def test_malformed_pages_are_counted_by_reason_and_the_monitor_keeps_serving(monitor_service):
+    served = {}
+    def exporter(environ, start_response):
+        status, headers, body, _ = served['page']
+        start_response(status, headers)
+        return [body]
+    server = ThreadedServer(exporter)
+    try:
+        watch = ScrapeWatch(monitor_service.monitor.registry, {'exporter': f'{server.url}/metrics'}, max_bytes=100_000)
+        assert set(_scrape_errors(monitor_service.port).values()) == {0.0}   # every reason exposed at 0 before the first error
+        for page in BAD_PAGES:
+            served['page'] = page
+            assert watch.scrape('exporter') == page[3], page[2][:60]
+        served['page'] = ('200 OK', [('Content-Type', 'text/plain; version=0.0.4')], GOOD_PAGE, None)
+        assert watch.scrape('exporter') is None
+        served['page'] = ('200 OK', [('Content-Type', 'text/plain')], b'', None)   # no sample yet (an app before its first request)
+        assert watch.scrape('exporter') is None
+    finally: server.stop()
+    assert watch.scrape('exporter') == 'unreachable'
+    expected = {why: sum(p[3] == why for p in BAD_PAGES) + (why == 'unreachable') for why in SCRAPE_ERROR_REASONS}
+    assert watch.errors('exporter') == expected
+    assert {why: v for (t, why), v in _scrape_errors(monitor_service.port).items() if t == 'exporter'} == expected   # on its /metrics
+    assert monitor_service.thread.is_alive() and monitor_service.monitor.registry.get_sample_value('labkit_monitor_update_errors_total') == 0
+
+def test_the_stack_watches_the_pages_prometheus_scrapes(stack):
+    def scraped():
+        errors = _scrape_errors(stack.monitor.port)
+        return errors if stack.monitor.monitor.registry.get_sample_value('labkit_monitor_scrapes_total', {'target': 'app'}) >= 2 else None
+    errors = wait_until(scraped, 30, "the monitor to scrape the app's /metrics twice")
+    assert {t for t, _ in errors} == {'app', 'hardware'} and set(errors.values()) == {0.0}, errors
+
 # --- the command --------------------------------------------------------------------------------------------
 
 def test_cli_drill_runs_the_stack_and_stops(tmp_path):
