@@ -836,6 +836,8 @@ if 'PROMETHEUS_MULTIPROC_DIR' not in os.environ:
 if 'LABKIT_POLICY_FILE' not in os.environ:
     os.environ['LABKIT_POLICY_FILE'] = os.path.join(os.environ['PROMETHEUS_MULTIPROC_DIR'], 'policy.json')
     os.environ['LABKIT_OWNS_POLICY_FILE'] = '1'
+if 'LABKIT_LOG_SALT' not in os.environ:   # one key for every worker, so a user's requests share one user_key
+    os.environ['LABKIT_LOG_SALT'] = os.urandom(16).hex()
 
 def on_starting(server):
     d = os.environ['PROMETHEUS_MULTIPROC_DIR']
