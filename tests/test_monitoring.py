@@ -18,6 +18,7 @@ from scipy import stats
 from labkit.core import RequestLog
 from labkit.monitoring import *
 from labkit.serving import create_app
+from labkit.cli import command_parser
 from conftest import free_port, labkit_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +326,10 @@ def test_prometheus_and_grafana_files_fit_together():
     for src in ('./prometheus.yml', './alerts.yml', './grafana/provisioning', './grafana/dashboards'):
         assert any(m.startswith(src + ':') for m in mounts) and (MON/src).exists()
     assert './alerts.yml:/etc/prometheus/alerts.yml:ro' in mounts
+    cmd = compose['services']['monitor']['command']   # what compose runs is a command labkit parses
+    assert cmd[:2] == ['labkit', 'monitor'] and compose['services']['monitor']['image'].startswith('labkit-lab:')
+    args = command_parser('monitor').parse_args(cmd[2:])
+    assert (args.log_dir, args.port) == (compose['services']['app']['environment']['LABKIT_REQUEST_LOG'], 9108)
     ds = yaml.safe_load((MON/'grafana/provisioning/datasources/prometheus.yml').read_text())['datasources'][0]
     dash = json.loads((MON/'grafana/dashboards/labkit-monitoring.json').read_text())
     assert {t['datasource']['uid'] for p in dash['panels'] for t in p['targets']} == {ds['uid']}

@@ -65,3 +65,18 @@ def test_container_turns_healthy(container):
         if state and state['Status'] == 'healthy': break
         time.sleep(1)
     assert state and state['Status'] == 'healthy', state
+
+def test_request_log_on_a_named_volume(serve_image):
+    "As docker/monitoring's compose runs it: a fresh named volume at /var/log/labkit, writable by the service's user"
+    tag, _ = serve_image
+    name, port, volume = f'labkit-serve-log-{uuid.uuid4().hex[:8]}', free_port(), f'labkit-requests-{uuid.uuid4().hex[:8]}'
+    docker('run', '-d', '--name', name, '--network', 'host', '-e', f'LABKIT_BIND=127.0.0.1:{port}',
+           '-e', 'LABKIT_REQUEST_LOG=/var/log/labkit/requests', '-v', f'{volume}:/var/log/labkit', tag)
+    try:
+        url = f'http://127.0.0.1:{port}'
+        if not wait_until_up(url + '/ready', 60): pytest.fail(docker('logs', name, check=False).stderr[-3000:])
+        assert http_call(url + '/predict', 'POST', {'experience': 5, 'test_score': 8, 'interview_score': 7})[0] == 200
+        lines = docker('exec', name, 'sh', '-c', 'cat /var/log/labkit/requests/segment-*.jsonl').stdout.splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])['prediction'] > 0, lines
+    finally:
+        docker('rm', '-f', name, check=False); docker('volume', 'rm', volume, check=False)
