@@ -23,7 +23,7 @@ import pandas as pd
 from flask import Blueprint, Flask, Response, request
 from .core import *
 from .core import RequestLog, file_lock
-from .serving import create_app
+from .serving import RequestRejected, create_app, json_response, problem
 
 # %% ../nbs/09_responsible_ai.ipynb
 SENSITIVE = 'gender'                     # the sensitive attribute (never a model input)
@@ -264,8 +264,6 @@ REVIEW_BAND = (0.35, 0.65)   # probabilities a person reviews
 APPLICANT_FIELDS = HIRE_FEATURES + ('applicant_id', 'consent_automated')
 _APPLICANT_ID = re.compile(r'[A-Za-z0-9_.@:+-]{1,128}')
 
-def _problem(field:str, message:str) -> dict: return {'field': field, 'message': message}
-
 def _number_problem(v, lo, hi) -> str|None:
     if isinstance(v, bool) or not isinstance(v, (int, float)): return f"must be a number, got {type(v).__name__}"
     if not math.isfinite(v): return f"must be a finite number, got {v}"
@@ -273,15 +271,15 @@ def _number_problem(v, lo, hi) -> str|None:
 
 def validate_applicant(rec) -> tuple:
     "The input row of one applicant (HIRE_FEATURES) and the problems found, each naming its field"
-    if not isinstance(rec, dict): return None, [_problem('(body)', f"must be an object with fields {', '.join(HIRE_FEATURES)}")]
-    problems = [_problem(str(k)[:40], f"unknown field; expected {', '.join(APPLICANT_FIELDS)}") for k in rec if k not in APPLICANT_FIELDS]
+    if not isinstance(rec, dict): return None, [problem('(body)', f"must be an object with fields {', '.join(HIRE_FEATURES)}")]
+    problems = [problem(str(k)[:40], f"unknown field; expected {', '.join(APPLICANT_FIELDS)}") for k in rec if k not in APPLICANT_FIELDS]
     for f in HIRE_FEATURES:
-        if f not in rec: problems.append(_problem(f, 'is required'))
-        elif why := _number_problem(rec[f], *HIRE_RANGES[f]): problems.append(_problem(f, why))
+        if f not in rec: problems.append(problem(f, 'is required'))
+        elif why := _number_problem(rec[f], *HIRE_RANGES[f]): problems.append(problem(f, why))
     if 'applicant_id' in rec and not (isinstance(rec['applicant_id'], str) and _APPLICANT_ID.fullmatch(rec['applicant_id'])):
-        problems.append(_problem('applicant_id', 'must be 1-128 characters from A-Z a-z 0-9 _ . @ : + -'))
+        problems.append(problem('applicant_id', 'must be 1-128 characters from A-Z a-z 0-9 _ . @ : + -'))
     if 'consent_automated' in rec and not isinstance(rec['consent_automated'], bool):
-        problems.append(_problem('consent_automated', 'must be true or false'))
+        problems.append(problem('consent_automated', 'must be true or false'))
     return (None if problems else [float(rec[f]) for f in HIRE_FEATURES]), problems
 
 def route_decision(probability:float, consent_automated:bool=False, band:tuple=REVIEW_BAND, threshold:float=0.5) -> dict:
@@ -311,32 +309,26 @@ def pseudonymise(identifier:str,  # a raw identifier (applicant number, e-mail)
     return 'p-' + hmac.new(key, identifier.encode(), hashlib.sha256).hexdigest()[:32]
 
 # %% ../nbs/09_responsible_ai.ipynb
-class _BadRequest(Exception):
-    def __init__(self, status:int, problems:list, error:str): self.status, self.problems, self.error = status, problems, error
-
-def _answer(body:dict, status:int=200) -> Response:
-    return Response(json.dumps(body, separators=(',', ':')), status, mimetype='application/json')
-
 def _json_from_request():
     "The request's decoded JSON body; a 4xx naming what is wrong"
     if request.mimetype != 'application/json':
-        raise _BadRequest(415, [_problem('Content-Type', f"{request.mimetype or 'none'} is not supported: send application/json")], 'unsupported media type')
+        raise RequestRejected(415, [problem('Content-Type', f"{request.mimetype or 'none'} is not supported: send application/json")], 'unsupported media type')
     body = request.get_data()   # 413 past the app's size limit
-    if not body.strip(): raise _BadRequest(400, [_problem('(body)', 'empty body: send one applicant as a JSON object')], 'empty body')
+    if not body.strip(): raise RequestRejected(400, [problem('(body)', 'empty body: send one applicant as a JSON object')], 'empty body')
     try: rec = json.loads(body)
-    except (ValueError, RecursionError) as e: raise _BadRequest(400, [_problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
+    except (ValueError, RecursionError) as e: raise RequestRejected(400, [problem('(body)', f'malformed JSON: {str(e)[:120]}')], 'malformed JSON') from None
     return rec
 
 def _applicant_from_request() -> tuple:
     "The request's applicant (record, row); a 4xx naming the field at fault"
     rec = _json_from_request()
     row, problems = validate_applicant(rec)
-    if problems: raise _BadRequest(422, problems, 'invalid input')
+    if problems: raise RequestRejected(422, problems, 'invalid input')
     return rec, row
 
 def _top_k(text:str) -> int:
     if not (text.isdigit() and 1 <= int(text) <= len(HIRE_FEATURES)):
-        raise _BadRequest(422, [_problem('k', f"must be a whole number from 1 to {len(HIRE_FEATURES)}, got {text[:20]!r}")], 'invalid input')
+        raise RequestRejected(422, [problem('k', f"must be a whole number from 1 to {len(HIRE_FEATURES)}, got {text[:20]!r}")], 'invalid input')
     return int(text)
 
 def decide(model:dict, row:list, consent_automated:bool=False, band:tuple=REVIEW_BAND) -> dict:
@@ -351,14 +343,14 @@ _DECISION_ID = re.compile(r'[0-9a-f]{32}')
 def contest_decision(audit_log,   # the audit log that holds the decision
                      body) -> dict: # decoded JSON: {"decision_id": ..., "reason": optional text}
     "Route a contested decision to a person: a `review` record that points to it (4xx when it is not in the log)"
-    if audit_log is None: raise _BadRequest(409, [_problem('(server)', 'contesting needs the audit log (LABKIT_AUDIT_LOG)')], 'no audit log')
+    if audit_log is None: raise RequestRejected(409, [problem('(server)', 'contesting needs the audit log (LABKIT_AUDIT_LOG)')], 'no audit log')
     did = body.get('decision_id') if isinstance(body, dict) else None
     if not (isinstance(did, str) and _DECISION_ID.fullmatch(did)):
-        raise _BadRequest(422, [_problem('decision_id', 'must be the 32 hex digits /hire returned')], 'invalid input')
+        raise RequestRejected(422, [problem('decision_id', 'must be the 32 hex digits /hire returned')], 'invalid input')
     reason = body.get('reason', '')
-    if not isinstance(reason, str) or len(reason) > 500: raise _BadRequest(422, [_problem('reason', 'must be text of at most 500 characters')], 'invalid input')
+    if not isinstance(reason, str) or len(reason) > 500: raise RequestRejected(422, [problem('reason', 'must be text of at most 500 characters')], 'invalid input')
     if not (found := [r for r in audit_log.records() if r.get('decision_id') == did and 'contests' not in r]):
-        raise _BadRequest(404, [_problem('decision_id', f'no decision {did} in the audit log (erased, or never given)')], 'not found')
+        raise RequestRejected(404, [problem('decision_id', f'no decision {did} in the audit log (erased, or never given)')], 'not found')
     record = {'timestamp': datetime.now(timezone.utc).isoformat(timespec='milliseconds'), 'decision_id': uuid.uuid4().hex,
               'contests': did, 'subject': found[0].get('subject'), 'decision': 'review', 'reason': 'contested by the applicant', 'note': reason}
     audit_log.append(record)
@@ -380,15 +372,15 @@ def hiring_blueprint(model:dict,          # from `hiring_model_json`
     "Flask blueprint: POST /hire (decision, routed to review when unsure, audited), POST /explain (top contributions), POST /contest"
     bp = Blueprint('hiring', __name__)
 
-    @bp.errorhandler(_BadRequest)
-    def _bad(e): return _answer({'error': e.error, 'status': e.status, 'problems': e.problems}, e.status)
+    @bp.errorhandler(RequestRejected)
+    def _bad(e): return json_response({'error': e.error, 'status': e.status, 'problems': e.problems}, e.status)
 
     @bp.post('/explain')
     def explain():
         k = _top_k(request.args.get('k', '3'))
         _, row = _applicant_from_request()
         _, base = contributions(model, row)
-        return _answer({'probability': round(float(hire_probability(model, row)[0]), 4), 'base_value': round(base, 4),
+        return json_response({'probability': round(float(hire_probability(model, row)[0]), 4), 'base_value': round(base, 4),
                         'contributions': top_contributions(model, row, k), 'version': model['version']})
 
     @bp.post('/hire')
@@ -399,11 +391,11 @@ def hiring_blueprint(model:dict,          # from `hiring_model_json`
             record = _audit_record(model, rec, out, key)
             try: audit_log.append(record)
             except Exception:   # not recorded means not decided: the client retries
-                raise _BadRequest(503, [_problem('(server)', 'the audit log is unavailable: no decision was given, retry later')], 'audit log unavailable') from None
+                raise RequestRejected(503, [problem('(server)', 'the audit log is unavailable: no decision was given, retry later')], 'audit log unavailable') from None
             out['decision_id'] = record['decision_id']
-        return _answer(out)
+        return json_response(out)
 
-    bp.post('/contest')(lambda: _answer(contest_decision(audit_log, _json_from_request())))
+    bp.post('/contest')(lambda: json_response(contest_decision(audit_log, _json_from_request())))
     return bp
 
 # %% ../nbs/09_responsible_ai.ipynb
