@@ -704,7 +704,7 @@ def cpu_seconds(pids,                 # process ids; one that has ended counts 0
 
 
 # %% ../nbs/00_core.ipynb
-import fcntl, re
+import fcntl, re, weakref
 from collections.abc import Mapping
 
 def _method_of(cls):
@@ -720,16 +720,21 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
+_json_line = json.JSONEncoder(separators=(',', ':'), default=_json_default).encode   # one encoder, built once
+_logs_open = weakref.WeakSet()   # logs holding descriptors: a forked child drops its copies (`_after_fork`)
+
 class RequestLog:
     "Bounded, append-only log of JSON records in segment files; safe across processes and crashes"
     _name = re.compile(r'^segment-(\d{8})\.jsonl$')
     def __init__(self, path,                   # folder of the segment files (created if absent)
                  segment_bytes:int=1<<20,      # a segment is closed once it reaches this size
                  keep_segments:int=8,          # newest segments kept; older ones are deleted
-                 fsync:bool=True):             # fsync each record before `append` returns
+                 fsync:bool=False):            # fsync each record before `append` returns (audit logs); without, a record survives a crash of the process, not of the machine
         self.path, self.segment_bytes, self.keep_segments, self.fsync = Path(path), segment_bytes, keep_segments, fsync
         self.path.mkdir(parents=True, exist_ok=True)
         self.skipped = 0   # torn or unreadable lines met by the last read
+        self._mutex, self._lock_fd, self._fd, self._end = threading.Lock(), None, None, -1   # this process's; opened by the first append
+        _logs_open.add(self)
 
     def __repr__(self): return f"RequestLog({str(self.path)!r}, {len(self.segments())} segments)"
 
@@ -738,6 +743,16 @@ class RequestLog:
         return sorted(p for p in self.path.iterdir() if self._name.match(p.name))
 
     def _segment(self, n:int) -> Path: return self.path/f'segment-{n:08d}.jsonl'
+
+    def close(self):
+        "Close this process's descriptors (the next `append` opens them again)"
+        for fd in (self._lock_fd, self._fd):
+            if fd is not None: os.close(fd)
+        self._lock_fd, self._fd, self._end = None, None, -1
+
+    def __del__(self):
+        try: self.close()
+        except (OSError, AttributeError): pass
 
 # %% ../nbs/00_core.ipynb
 @contextmanager
@@ -757,27 +772,49 @@ def _fsync_dir(path:Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def _after_fork():
+    "In a forked child: forget the parent's descriptors (a lock shared with it would exclude nobody) and mutexes"
+    for log in list(_logs_open): log.close(); log._mutex = threading.Lock()
+
+os.register_at_fork(after_in_child=_after_fork)
+
+# %% ../nbs/00_core.ipynb
+@_method_of(RequestLog)
+def _open_newest(self:RequestLog, need:int):
+    "Under the lock: open the newest segment, or the next one (then apply retention) when `need` more bytes do not fit"
+    if self._fd is not None: os.close(self._fd); self._fd = None
+    segs = self.segments()
+    seg = segs[-1] if segs else self._segment(1)
+    if segs and (size := seg.stat().st_size) and size + need > self.segment_bytes:
+        seg = self._segment(int(self._name.match(seg.name)[1]) + 1)
+    new_file = not seg.exists()
+    self._fd, self._end = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), -1
+    if new_file:
+        if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
+        for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
+
+@_method_of(RequestLog)
+def _append_line(self:RequestLog, line:bytes):
+    "Under the lock: write one line at the end of the newest segment; its descriptor stays open for the next"
+    st = os.fstat(self._fd) if self._fd is not None else None
+    if st is None or st.st_nlink == 0 or (st.st_size and st.st_size + len(line) > self.segment_bytes):
+        self._open_newest(len(line)); st = os.fstat(self._fd)   # first append, deleted or rewritten (nlink 0), or full
+    if st.st_size and st.st_size != self._end and os.pread(self._fd, 1, st.st_size - 1) != b'\n':
+        line = b'\n' + line                                     # end a line torn by a crash
+    _write_all(self._fd, line)
+    self._end = st.st_size + len(line)                          # where our own line ends: no need to look there next time
+    if self.fsync: os.fsync(self._fd)
+
 @_method_of(RequestLog)
 def append(self:RequestLog, record:Mapping):
-    "Append one record (a JSON-serialisable dict or other mapping); returns once it is on disk"
+    "Append one record (a JSON-serialisable dict or other mapping) as one line; with `fsync`, on disk when it returns"
     if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
-    line = (json.dumps(dict(record), separators=(',', ':'), default=_json_default) + '\n').encode()
-    with file_lock(self.path/'.lock'):
-        segs = self.segments()
-        seg = segs[-1] if segs else self._segment(1)
-        size = seg.stat().st_size if seg.exists() else 0
-        new_file = not seg.exists()
-        if size and size + len(line) > self.segment_bytes:    # rotate: close this segment, start the next
-            seg, size, new_file = self._segment(int(self._name.match(seg.name)[1]) + 1), 0, True
-        fd = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if size and os.pread(fd, 1, size - 1) != b'\n': line = b'\n' + line   # end a line torn by a crash
-            _write_all(fd, line)
-            if self.fsync: os.fsync(fd)
-        finally: os.close(fd)
-        if new_file:
-            if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
-            for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
+    line = (_json_line(record if type(record) is dict else dict(record)) + '\n').encode()
+    with self._mutex:                                           # threads of one process share its descriptors
+        if self._lock_fd is None: self._lock_fd = os.open(self.path/'.lock', os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)               # other processes, and `erase_subject`'s `file_lock`
+        try: self._append_line(line)
+        finally: fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb
 def _decode_line(raw:bytes) -> tuple:
