@@ -13,7 +13,7 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'seed_everything', 'digits_data', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
-           'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
+           'close', 'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
            'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
@@ -734,6 +734,7 @@ class RequestLog:
         self.path.mkdir(parents=True, exist_ok=True)
         self.skipped = 0   # torn or unreadable lines met by the last read
         self._mutex, self._lock_fd, self._fd, self._end = threading.Lock(), None, None, -1   # this process's; opened by the first append
+        self._reads = {}   # what the last scan read of each segment: the next decodes only what was appended since
         _logs_open.add(self)
 
     def __repr__(self): return f"RequestLog({str(self.path)!r}, {len(self.segments())} segments)"
@@ -743,16 +744,6 @@ class RequestLog:
         return sorted(p for p in self.path.iterdir() if self._name.match(p.name))
 
     def _segment(self, n:int) -> Path: return self.path/f'segment-{n:08d}.jsonl'
-
-    def close(self):
-        "Close this process's descriptors (the next `append` opens them again)"
-        for fd in (self._lock_fd, self._fd):
-            if fd is not None: os.close(fd)
-        self._lock_fd, self._fd, self._end = None, None, -1
-
-    def __del__(self):
-        try: self.close()
-        except (OSError, AttributeError): pass
 
 # %% ../nbs/00_core.ipynb
 @contextmanager
@@ -771,6 +762,18 @@ def _fsync_dir(path:Path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+
+@_method_of(RequestLog)
+def close(self:RequestLog):
+    "Close this process's descriptors (the next `append` opens them again)"
+    for fd in (self._lock_fd, self._fd):
+        if fd is not None: os.close(fd)
+    self._lock_fd, self._fd, self._end = None, None, -1
+
+@_method_of(RequestLog)
+def __del__(self:RequestLog):
+    try: self.close()
+    except (OSError, AttributeError): pass   # interpreter shutdown, or `__init__` failed half-way
 
 def _after_fork():
     "In a forked child: forget the parent's descriptors (a lock shared with it would exclude nobody) and mutexes"
@@ -823,15 +826,13 @@ def _decode_line(raw:bytes) -> tuple:
     except (ValueError, RecursionError): return None, 'unreadable'   # bad UTF-8 is a ValueError too
     return (value, None) if isinstance(value, dict) else (None, 'not_object')
 
-def _scan_segment(path:Path) -> tuple:
-    "Complete lines of one segment as (byte offset, record, why), and 1 when an unterminated line ends it"
-    try: data = path.read_bytes()
-    except FileNotFoundError: return [], 0    # deleted by retention while we listed
-    lines, out, offset = data.split(b'\n'), [], 0
+def _parse_lines(data:bytes, start:int) -> tuple:
+    "The complete lines of `data`, read from byte `start` of a segment, as (offset, record, why); and where the last one ends"
+    lines, out, offset = data.split(b'\n'), [], start
     for raw in lines[:-1]:
         if raw.strip(): out.append((offset, *_decode_line(raw)))
         offset += len(raw) + 1
-    return out, int(bool(lines[-1]))          # no final newline: a write in progress or torn by a crash
+    return out, offset                        # bytes past it: a line unterminated (a write in progress, or torn by a crash)
 
 def _checked(line:tuple, problem) -> tuple:
     "A scanned (offset, record, why) line after `problem(record)`: a record it finds bad becomes (offset, None, why)"
@@ -839,19 +840,36 @@ def _checked(line:tuple, problem) -> tuple:
     if why is None: why = problem(record)
     return (offset, record if why is None else None, why)
 
+@_method_of(RequestLog)
+def _read_segment(self:RequestLog, path:Path, problem=None) -> tuple:
+    "A segment's lines as (name, offset, record, why), how many are good, and 1 if an unterminated line ends it; decodes only what was appended since the last read"
+    try: fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError: return [], 0, 0    # deleted by retention while we listed
+    try:
+        st = os.fstat(fd); ident = (st.st_dev, st.st_ino)
+        known = self._reads.get(path.name)    # (file, problem, end of the lines read, the 32 bytes before it, lines, good ones)
+        if not (known and known[:2] == (ident, problem) and st.st_size >= known[2]
+                and os.pread(fd, len(known[3]), known[2] - len(known[3])) == known[3]):
+            known = (ident, problem, 0, b'', [], 0)   # a new file (rotation, or a segment replaced by an erasure), or another check
+        start = known[2]; data = os.pread(fd, st.st_size - start, start)
+    finally: os.close(fd)
+    new, end = _parse_lines(data, start)
+    if problem is not None: new = [_checked(line, problem) for line in new]
+    lines, good = known[4] + [(path.name, *line) for line in new], known[5] + sum(why is None for *_, why in new)
+    self._reads[path.name] = (ident, problem, end, (known[3] + data[:end - start])[-32:], lines, good)
+    return lines, good, int(end < start + len(data))
+
 # %% ../nbs/00_core.ipynb
 @_method_of(RequestLog)
 def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
-         problem=None):                       # optional check of a record: returns why it is bad, or None
+         problem=None):                       # optional check of a record: returns why it is bad, or None (the same for the same record)
     "Lines of the newest segments, oldest first, as (segment name, offset, record or None, why it is bad or None)"
-    out, self.skipped, good = [], 0, 0
+    out, self.skipped, good, read = [], 0, 0, set()
     for seg in reversed(self.segments()):
-        lines, unterminated = _scan_segment(seg)
-        if problem is not None: lines = [_checked(line, problem) for line in lines]
-        out = [(seg.name, *line) for line in lines] + out
-        self.skipped += unterminated + sum(why is not None for *_, why in lines)
-        good += sum(why is None for *_, why in lines)
+        lines, good_here, unterminated = self._read_segment(seg, problem); read.add(seg.name)
+        out, good, self.skipped = lines + out, good + good_here, self.skipped + unterminated + len(lines) - good_here
         if last is not None and good >= last: break
+    self._reads = {name: known for name, known in self._reads.items() if name in read}   # what the next scan may reuse
     return out
 
 @_method_of(RequestLog)

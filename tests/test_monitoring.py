@@ -133,6 +133,29 @@ def test_a_writer_follows_a_segment_deleted_or_replaced_under_it(tmp_path):
     log.append({'i': 3}); other.append({'i': 4})
     assert [r['i'] for r in log.records()] == [9, 3, 4]
 
+def test_a_reader_decodes_only_what_was_appended_since_its_last_scan(tmp_path, monkeypatch):
+    "The monitor scans every few seconds: a scan reuses what the last one read, and sees what a fresh reader sees"
+    import labkit.core as core
+    writer, reader = RequestLog(tmp_path, segment_bytes=2_000, keep_segments=3), RequestLog(tmp_path)
+    fresh = lambda **kw: RequestLog(tmp_path).scan(**kw)
+    for i in range(50): writer.append({'i': i})
+    assert reader.scan() == fresh()
+    decoded, decode = [], core._decode_line
+    monkeypatch.setattr(core, '_decode_line', lambda raw: decoded.append(raw) or decode(raw))
+    for i in range(50, 55): writer.append({'i': i})
+    assert [r['i'] for *_, r, _ in reader.scan()][-6:] == list(range(49, 55)) and len(decoded) == 5   # only the new lines
+    monkeypatch.undo()
+    with open(writer.segments()[-1], 'ab') as f: f.write(b'{"i": -1, "x')        # a torn line, then a writer ends it
+    assert reader.scan() == fresh() and reader.skipped == 1
+    writer.append({'i': 55})
+    assert reader.scan() == fresh() and [why for *_, why in reader.scan()][-2:] == ['unreadable', None]
+    odd = lambda r: 'odd' if r['i'] % 2 else None                                  # another check: checked anew
+    assert reader.scan(problem=odd) == fresh(problem=odd) and reader.scan() == fresh()
+    seg = writer.segments()[-1]; core.write_atomic(seg, seg.read_bytes().replace(b'"i":20}', b'"i":-2}'))   # replaced: same size, same end
+    assert reader.scan() == fresh() and -2 in [r['i'] for *_, r, _ in reader.scan() if r]
+    for i in range(56, 400): writer.append({'i': i})                            # rotations and retention
+    assert reader.scan(last=10) == fresh(last=10) and reader.scan() == fresh()
+
 def test_retention_keeps_a_bounded_contiguous_tail(tmp_path):
     log = RequestLog(tmp_path, segment_bytes=2_000, keep_segments=3)
     for i in range(1000): log.append({'i': i})
