@@ -13,12 +13,14 @@ Four gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0
 The monitor and the scrape run every second, 15 times the production rate: an upper bound of their cost.
 The load alternates between the setups in rounds, so that all see the same machine load; while one setup is
 measured, the watchers (monitor, Prometheus) of the others are paused (SIGSTOP), so each setup pays only for
-its own. Throughput is noisy on a shared machine, so CPU time per request is reported too (/proc schedstat): `app`
-counts the gunicorn processes, `total` adds the setup's monitor and Prometheus. Goal: every setup within 5 % of
+its own, and the order of the setups changes from round to round. Throughput is noisy on a shared machine, so CPU
+time per request is reported too (/proc schedstat): `app` counts the gunicorn processes, `total` adds the setup's
+monitor and Prometheus; `median` is the median over the rounds of the ratio to bare in the same round, which a
+burst of load elsewhere moves less than the totals. Goal: every setup within 5 % of
 bare. The count is bounded (`--requests` per setup) and so is the time (`--max-seconds`: rounds left are
 skipped and the table says how many ran). Every process and the scratch folder are removed at the end.
 """
-import argparse, json, os, shutil, signal, subprocess, sys, tarfile, tempfile, time
+import argparse, json, os, random, shutil, signal, statistics, subprocess, sys, tarfile, tempfile, time
 from pathlib import Path
 from labkit.core import LocalService, child_pids, data_dir, find_program, wait_until_up
 from labkit.monitoring_stack import prometheus_config, salary_reference, wait_until, prometheus_api
@@ -84,6 +86,7 @@ class Setup:
         if self.kind != 'bare': env['LABKIT_REQUEST_LOG'] = str(self.log_dir)
         self.server = GunicornServer(workers=workers, env=env)
         self.totals = {'ok': 0, 'failed': 0, 'seconds': 0.0, 'app_cpu': 0.0, 'watch_cpu': 0.0}
+        self.per_round = []   # (app, total) CPU ms per request of each round
 
     def start(self):
         self.server.__enter__()
@@ -102,6 +105,8 @@ class Setup:
         self.totals['seconds'] += time.perf_counter() - t0
         self.totals['app_cpu'] += (cpu_ns(app) - c0) / 1e9; self.totals['watch_cpu'] += (cpu_ns(watch) - w0) / 1e9
         self.totals['ok'] += r['ok']; self.totals['failed'] += r['failed']
+        ok = max(r['ok'], 1); app_ms = 1000 * (cpu_ns(app) - c0) / 1e9 / ok
+        self.per_round.append((app_ms, app_ms + 1000 * (cpu_ns(watch) - w0) / 1e9 / ok))
 
     def stop(self):
         pause(self.watchers, stop=False)      # a stopped process would not see SIGTERM
@@ -111,7 +116,8 @@ class Setup:
     def result(self) -> dict:
         t, ok = self.totals, max(self.totals['ok'], 1)
         return {'requests': t['ok'], 'failed': t['failed'], 'rps': t['ok'] / max(t['seconds'], 1e-9),
-                'app_cpu_ms_per_request': 1000 * t['app_cpu'] / ok, 'cpu_ms_per_request': 1000 * (t['app_cpu'] + t['watch_cpu']) / ok}
+                'app_cpu_ms_per_request': 1000 * t['app_cpu'] / ok, 'cpu_ms_per_request': 1000 * (t['app_cpu'] + t['watch_cpu']) / ok,
+                'per_round': self.per_round}
 
 def _descendants(pid:int) -> list:
     "Every live process below `pid`"
@@ -130,8 +136,9 @@ def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, wa
         watchers = [w for s in setups for w in s.watchers]
         for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, RECORD)
         end = time.monotonic() + max_seconds
+        order = random.Random(0)
         for done in range(1, rounds + 1):
-            for s in setups:
+            for s in order.sample(setups, len(setups)):   # a new order each round: no setup always follows another
                 pause([w for w in watchers if w not in s.watchers], stop=True)
                 try: s.round(requests // rounds, concurrency)
                 finally: pause(watchers, stop=False)
@@ -143,14 +150,20 @@ def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, wa
         shutil.rmtree(work, ignore_errors=True)
     return {'rounds': done, 'of': rounds, 'results': {s.name: s.result() for s in setups}}
 
+def _median_ratio(rounds:list, bare:list, k:int) -> float:
+    "Median over the rounds of a setup's CPU per request over bare's in the same round, minus 1"
+    return statistics.median(r[k] / b[k] for r, b in zip(rounds, bare)) - 1
+
 def table(res:dict) -> str:
-    "The side-by-side table: each setup against the bare server of the same code"
-    rows = [f"{'setup':<26} {'req/s':>7} {'vs bare':>8} {'app CPU ms/req':>15} {'vs bare':>8} {'total CPU ms/req':>17} {'vs bare':>8} {'failed':>6}"]
+    "The side-by-side table: each setup against the bare server of the same code (totals; and the median of per-round ratios)"
+    rows = [f"{'setup':<26} {'req/s':>7} {'vs bare':>8} {'app CPU ms/req':>15} {'vs bare':>8} {'median':>7} "
+            f"{'total CPU ms/req':>17} {'vs bare':>8} {'median':>7} {'failed':>6}"]
     for name, r in res.items():
         b = res['bare' + name[len(name.split('@')[0]):]]
+        med = [f"{_median_ratio(r['per_round'], b['per_round'], k):+7.1%}" for k in (0, 1)]
         rows.append(f"{name:<26} {r['rps']:7.0f} {r['rps']/b['rps'] - 1:+8.1%} {r['app_cpu_ms_per_request']:15.3f} "
-                    f"{r['app_cpu_ms_per_request']/b['app_cpu_ms_per_request'] - 1:+8.1%} {r['cpu_ms_per_request']:17.3f} "
-                    f"{r['cpu_ms_per_request']/b['cpu_ms_per_request'] - 1:+8.1%} {r['failed']:6d}")
+                    f"{r['app_cpu_ms_per_request']/b['app_cpu_ms_per_request'] - 1:+8.1%} {med[0]} {r['cpu_ms_per_request']:17.3f} "
+                    f"{r['cpu_ms_per_request']/b['cpu_ms_per_request'] - 1:+8.1%} {med[1]} {r['failed']:6d}")
     return '\n'.join(rows)
 
 def main(argv=None):
