@@ -1,81 +1,187 @@
 #!/usr/bin/env python
 """What monitoring costs the service: /predict throughput with and without the request log, the monitor and the scrape.
 
-    python benchmarks/monitoring_stack.py                      # 2 workers, 4 client threads, 2000 requests per setup
-    python benchmarks/monitoring_stack.py --requests 6000 --json bench.json
+    python benchmarks/monitoring_stack.py                          # 2 workers, 4 client threads, 2000 requests per setup
+    python benchmarks/monitoring_stack.py --before HEAD~3          # the same setups with that revision's labkit, side by side
+    python benchmarks/monitoring_stack.py --requests 6000 --max-seconds 900 --json bench.json
 
-Three gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
-  bare      no request log;
-  log       every accepted prediction appended (and fsync'd) to a RequestLog;
-  watched   the same log, plus `serve_monitor` reading it every second and Prometheus scraping the app and the
-            monitor every second (1 s is 15 times the production rate: an upper bound of the scrape's cost).
-The load alternates between the three in rounds, so that all see the same machine load. Throughput is noisy on a
-shared machine, so the CPU time the gunicorn processes spent per request (from /proc) is reported too.
-Goal: watched within 5 % of bare. Prints a table and the figures as JSON.
+Four gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
+  bare                 no request log;
+  log                  every accepted prediction appended to a RequestLog (the serving default: no fsync);
+  log+monitor          the same, plus `labkit monitor` (its own process) reading that log every second;
+  log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every second.
+The monitor and the scrape run every second, 15 times the production rate: an upper bound of their cost.
+The load alternates between the setups in rounds, so that all see the same machine load; while one setup is
+measured, the watchers (monitor, Prometheus) of the others are paused (SIGSTOP), so each setup pays only for
+its own, and the order of the setups changes from round to round. Throughput is noisy on a shared machine, so CPU
+time per request is reported too (/proc schedstat): `app` counts the gunicorn processes, `total` adds the setup's
+monitor and Prometheus; `median` is the median over the rounds of the ratio to bare in the same round, which a
+burst of load elsewhere moves less than the totals. Goal: every setup within 5 % of
+bare. The count is bounded (`--requests` per setup) and so is the time (`--max-seconds`: rounds left are
+skipped and the table says how many ran). Every process and the scratch folder are removed at the end.
 """
-import argparse, json, os, sys, tempfile, time
+import argparse, json, os, random, shutil, signal, statistics, subprocess, sys, tarfile, tempfile, time
 from pathlib import Path
-from labkit.core import LocalService, cpu_seconds, find_program, free_port
-from labkit.monitoring import serve_monitor
+from labkit.core import LocalService, child_pids, data_dir, find_program, wait_until_up
 from labkit.monitoring_stack import prometheus_config, salary_reference, wait_until, prometheus_api
 from labkit.serving import GunicornServer, load_test
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
+SETUPS = ('bare', 'log', 'log+monitor', 'log+monitor+scrape')
+MONITOR = 'import sys; from labkit.cli import main; sys.exit(main())'
 
-def start_watchers(work:Path, log_dir:Path, app_port:int):
-    "The monitor on the watched server's log, and Prometheus scraping that server and the monitor every second"
+def labkit_at(rev:str, dst:Path) -> Path:
+    "The labkit package of git revision `rev`, extracted under `dst` (a folder to put first on PYTHONPATH)"
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(['git', '-C', str(root), 'archive', rev, 'labkit'], capture_output=True, check=True).stdout
+    dst.mkdir(parents=True)
+    (dst/'labkit.tar').write_bytes(archive)
+    with tarfile.open(dst/'labkit.tar') as t: t.extractall(dst, filter='data')
+    return dst
+
+def start_monitor(work:Path, log_dir:Path, env:dict) -> LocalService:
+    "`labkit monitor` on the log, updating every second, in its own process"
+    reference = work/'reference.csv'
+    if not reference.exists(): salary_reference().to_csv(reference, index=False)
+    mon = LocalService('monitor', [sys.executable, '-c', MONITOR, 'monitor', str(log_dir), str(reference), '--port', '{port}',
+                                   '--window', '500', '--interval', '1'], work/f'monitor-{log_dir.name}', env=env, startup_timeout=60)
+    return mon.start()
+
+def start_prometheus(work:Path, targets:dict, name:str) -> LocalService:
+    "Prometheus scraping `targets` every second; returns once it is ready and every target is up"
     import yaml
-    reference = work/'reference.csv'; salary_reference().to_csv(reference, index=False)
-    monitor = serve_monitor(str(log_dir), str(reference), port=0, window=500, interval=1.0)
-    (work/'alerts.yml').write_text('groups: []\n')
-    cfg = prometheus_config({'app': f'127.0.0.1:{app_port}', 'monitor': f'127.0.0.1:{monitor.port}'}, interval=1)
-    (work/'prometheus.yml').write_text(yaml.safe_dump(cfg))
-    prom = LocalService('prometheus', [find_program('prometheus'), f'--config.file={work}/prometheus.yml',
-                                       '--storage.tsdb.path={data}/tsdb', '--web.listen-address=127.0.0.1:{port}'], work/'prometheus').start()
+    data = work/f'prometheus-{name}'; data.mkdir()
+    (data/'alerts.yml').write_text('groups: []\n')
+    (data/'prometheus.yml').write_text(yaml.safe_dump(prometheus_config(targets, interval=1)))
+    prom = LocalService('prometheus', [find_program('prometheus'), f'--config.file={data}/prometheus.yml',
+                                       '--storage.tsdb.path={data}/tsdb', '--web.listen-address=127.0.0.1:{port}'], data).start()
+    if not wait_until_up(prom.url + '/-/ready', 60, prom.proc):   # it answers 503 while it replays its storage
+        prom.stop(); raise TimeoutError(f"Prometheus was not ready within 60 s; see {prom.log}")
     up = lambda: all(t['health'] == 'up' for t in prometheus_api(prom.url, 'targets')['activeTargets']) or None
-    wait_until(up, 60, 'Prometheus to scrape the app and the monitor')
-    return monitor, prom
+    wait_until(up, 60, f'Prometheus to scrape {", ".join(targets)}')
+    return prom
 
-def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, warmup:int=200) -> dict:
+def cpu_ns(pids) -> int:
+    "Nanoseconds on CPU of every thread of these processes (/proc schedstat: /proc's stat counts 10 ms ticks, too coarse here)"
+    total = 0
+    for pid in pids:
+        for f in Path(f'/proc/{pid}/task').glob('*/schedstat'):
+            try: total += int(f.read_text().split()[0])
+            except (OSError, ValueError, IndexError): pass   # the thread ended meanwhile
+    return total
+
+def pause(services:list, stop:bool):
+    "SIGSTOP (or SIGCONT) each service's process group"
+    for s in services:
+        if s.proc is not None and s.proc.poll() is None: os.killpg(s.proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
+class Setup:
+    "One gunicorn server and its watchers, with the counts of its rounds"
+    def __init__(self, name:str, work:Path, code:Path=None, workers:int=2):
+        self.name, self.kind, self.work, self.watchers = name, name.split('@')[0], work, []
+        self.env = {'PYTHONPATH': os.pathsep.join(p for p in [str(code) if code else '', os.environ.get('PYTHONPATH', '')] if p),
+                    'LABKIT_DATA': str(data_dir())}   # an extracted revision holds no data folder of its own
+        self.log_dir = work/f"requests-{name.replace('@', '-').replace('+', '-')}"
+        env = {'LABKIT_DATA': self.env['LABKIT_DATA']} | ({'GUNICORN_CMD_ARGS': f'--pythonpath {code}'} if code else {})   # first on the workers' sys.path
+        if self.kind != 'bare': env['LABKIT_REQUEST_LOG'] = str(self.log_dir)
+        self.server = GunicornServer(workers=workers, env=env)
+        self.totals = {'ok': 0, 'failed': 0, 'seconds': 0.0, 'app_cpu': 0.0, 'watch_cpu': 0.0}
+        self.per_round = []   # (app, total) CPU ms per request of each round
+
+    def start(self):
+        self.server.__enter__()
+        if 'monitor' in self.kind: self.watchers.append(start_monitor(self.work, self.log_dir, self.env))
+        if 'scrape' in self.kind:
+            targets = {'app': f'127.0.0.1:{self.server.port}', 'monitor': f'127.0.0.1:{self.watchers[0].port}'}
+            self.watchers.append(start_prometheus(self.work, targets, self.log_dir.name))
+        return self
+
+    def round(self, n:int, concurrency:int):
+        "Send `n` requests; add the time, the answers and the CPU they cost"
+        app = [self.server.proc.pid] + self.server.worker_pids()
+        watch = [p for s in self.watchers for p in [s.proc.pid] + _descendants(s.proc.pid)]
+        c0, w0, t0 = cpu_ns(app), cpu_ns(watch), time.perf_counter()
+        r = load_test(self.server.url + '/predict', n, concurrency, RECORD)
+        self.totals['seconds'] += time.perf_counter() - t0
+        self.totals['app_cpu'] += (cpu_ns(app) - c0) / 1e9; self.totals['watch_cpu'] += (cpu_ns(watch) - w0) / 1e9
+        self.totals['ok'] += r['ok']; self.totals['failed'] += r['failed']
+        ok = max(r['ok'], 1); app_ms = 1000 * (cpu_ns(app) - c0) / 1e9 / ok
+        self.per_round.append((app_ms, app_ms + 1000 * (cpu_ns(watch) - w0) / 1e9 / ok))
+
+    def stop(self):
+        pause(self.watchers, stop=False)      # a stopped process would not see SIGTERM
+        for s in reversed(self.watchers): s.stop()
+        self.server.__exit__(None, None, None)
+
+    def result(self) -> dict:
+        t, ok = self.totals, max(self.totals['ok'], 1)
+        return {'requests': t['ok'], 'failed': t['failed'], 'rps': t['ok'] / max(t['seconds'], 1e-9),
+                'app_cpu_ms_per_request': 1000 * t['app_cpu'] / ok, 'cpu_ms_per_request': 1000 * (t['app_cpu'] + t['watch_cpu']) / ok,
+                'per_round': self.per_round}
+
+def _descendants(pid:int) -> list:
+    "Every live process below `pid`"
+    out = child_pids(pid)
+    return out + [q for p in out for q in _descendants(p)]
+
+def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, warmup:int=200,
+          before:str=None, max_seconds:float=600) -> dict:
+    "Each setup's totals (with `before`: also with that revision's labkit); rounds stop once `max_seconds` have passed"
     work = Path(tempfile.mkdtemp(prefix='labkit-bench-'))
-    logs = {'log': work/'log-requests', 'watched': work/'watched-requests'}
-    servers = {name: GunicornServer(workers=workers, env={'LABKIT_REQUEST_LOG': str(logs[name])} if name in logs else {})
-               for name in ('bare', 'log', 'watched')}
-    totals = {n: {'ok': 0, 'failed': 0, 'seconds': 0.0, 'cpu': 0.0} for n in servers}
-    started, monitor, prom = [], None, None
+    setups, done = [], 0
     try:
-        for s in servers.values(): started.append(s.__enter__())
-        monitor, prom = start_watchers(work, logs['watched'], servers['watched'].port)
-        for s in servers.values(): load_test(s.url + '/predict', warmup, concurrency, RECORD)
-        for _ in range(rounds):
-            for name, s in servers.items():
-                pids = [s.proc.pid] + s.worker_pids()
-                c0, t0 = cpu_seconds(pids), time.perf_counter()
-                r = load_test(s.url + '/predict', requests // rounds, concurrency, RECORD)
-                totals[name]['seconds'] += time.perf_counter() - t0
-                totals[name]['cpu'] += cpu_seconds(pids) - c0
-                totals[name]['ok'] += r['ok']; totals[name]['failed'] += r['failed']
+        codes = {'': None} | ({f'@{before}': labkit_at(before, work/'before')} if before else {})
+        setups = [Setup(kind + tag, work, code, workers) for tag, code in codes.items() for kind in SETUPS]
+        for s in setups: s.start()
+        watchers = [w for s in setups for w in s.watchers]
+        for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, RECORD)
+        end = time.monotonic() + max_seconds
+        order = random.Random(0)
+        for done in range(1, rounds + 1):
+            for s in order.sample(setups, len(setups)):   # a new order each round: no setup always follows another
+                pause([w for w in watchers if w not in s.watchers], stop=True)
+                try: s.round(requests // rounds, concurrency)
+                finally: pause(watchers, stop=False)
+            if time.monotonic() > end: break
     finally:
-        if prom: prom.stop()
-        if monitor: monitor.stop()
-        for s in started: s.__exit__(None, None, None)
-    return {n: {'requests': t['ok'], 'failed': t['failed'], 'rps': t['ok'] / t['seconds'],
-                'cpu_ms_per_request': 1000 * t['cpu'] / max(t['ok'], 1)} for n, t in totals.items()}
+        for s in setups:
+            try: s.stop()
+            except Exception as e: print(f"stopping {s.name}: {e!r}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+    return {'rounds': done, 'of': rounds, 'results': {s.name: s.result() for s in setups}}
+
+def _median_ratio(rounds:list, bare:list, k:int) -> float:
+    "Median over the rounds of a setup's CPU per request over bare's in the same round, minus 1"
+    return statistics.median(r[k] / b[k] for r, b in zip(rounds, bare)) - 1
+
+def table(res:dict) -> str:
+    "The side-by-side table: each setup against the bare server of the same code (totals; and the median of per-round ratios)"
+    rows = [f"{'setup':<26} {'req/s':>7} {'vs bare':>8} {'app CPU ms/req':>15} {'vs bare':>8} {'median':>7} "
+            f"{'total CPU ms/req':>17} {'vs bare':>8} {'median':>7} {'failed':>6}"]
+    for name, r in res.items():
+        b = res['bare' + name[len(name.split('@')[0]):]]
+        med = [f"{_median_ratio(r['per_round'], b['per_round'], k):+7.1%}" for k in (0, 1)]
+        rows.append(f"{name:<26} {r['rps']:7.0f} {r['rps']/b['rps'] - 1:+8.1%} {r['app_cpu_ms_per_request']:15.3f} "
+                    f"{r['app_cpu_ms_per_request']/b['app_cpu_ms_per_request'] - 1:+8.1%} {med[0]} {r['cpu_ms_per_request']:17.3f} "
+                    f"{r['cpu_ms_per_request']/b['cpu_ms_per_request'] - 1:+8.1%} {med[1]} {r['failed']:6d}")
+    return '\n'.join(rows)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--workers', type=int, default=2); ap.add_argument('--requests', type=int, default=2000)
-    ap.add_argument('--concurrency', type=int, default=4); ap.add_argument('--json', default=None)
+    ap.add_argument('--workers', type=int, default=2); ap.add_argument('--requests', type=int, default=2000, help='per setup')
+    ap.add_argument('--concurrency', type=int, default=4); ap.add_argument('--rounds', type=int, default=10)
+    ap.add_argument('--warmup', type=int, default=200, help='requests per setup before measuring')
+    ap.add_argument('--before', default=None, help='git revision whose labkit runs the same setups, side by side')
+    ap.add_argument('--max-seconds', type=float, default=600, help='no new round starts after this')
+    ap.add_argument('--json', default=None)
     a = ap.parse_args(argv)
-    res = bench(a.workers, a.requests, a.concurrency)
-    base = res['bare']
-    print(f"{'setup':<8} {'req/s':>8} {'vs bare':>8} {'CPU ms/req':>11} {'vs bare':>8} {'failed':>6}")
-    for name, r in res.items():
-        print(f"{name:<8} {r['rps']:8.0f} {r['rps']/base['rps'] - 1:+8.1%} {r['cpu_ms_per_request']:11.2f} "
-              f"{r['cpu_ms_per_request']/base['cpu_ms_per_request'] - 1:+8.1%} {r['failed']:6d}")
-    out = {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency, 'results': res}
+    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds)
+    print(f"{out['rounds']} of {out['of']} rounds, {a.workers} workers, {a.concurrency} client threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(table(out['results']))
+    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency}
     print(json.dumps(out))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
-    return 0 if all(r['failed'] == 0 for r in res.values()) else 1
+    return 0 if all(r['failed'] == 0 for r in out['results'].values()) else 1
 
 if __name__ == '__main__': sys.exit(main())

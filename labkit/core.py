@@ -13,7 +13,7 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'seed_everything', 'digits_data', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
-           'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
+           'close', 'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
            'check_fingerprint']
 
 # %% ../nbs/00_core.ipynb
@@ -704,7 +704,7 @@ def cpu_seconds(pids,                 # process ids; one that has ended counts 0
 
 
 # %% ../nbs/00_core.ipynb
-import fcntl, re
+import fcntl, re, weakref
 from collections.abc import Mapping
 
 def _method_of(cls):
@@ -720,16 +720,22 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
+_json_line = json.JSONEncoder(separators=(',', ':'), default=_json_default).encode   # one encoder, built once
+_logs_open = weakref.WeakSet()   # logs holding descriptors: a forked child drops its copies (`_after_fork`)
+
 class RequestLog:
     "Bounded, append-only log of JSON records in segment files; safe across processes and crashes"
     _name = re.compile(r'^segment-(\d{8})\.jsonl$')
     def __init__(self, path,                   # folder of the segment files (created if absent)
                  segment_bytes:int=1<<20,      # a segment is closed once it reaches this size
                  keep_segments:int=8,          # newest segments kept; older ones are deleted
-                 fsync:bool=True):             # fsync each record before `append` returns
+                 fsync:bool=False):            # fsync each record before `append` returns (audit logs); without, a record survives a crash of the process, not of the machine
         self.path, self.segment_bytes, self.keep_segments, self.fsync = Path(path), segment_bytes, keep_segments, fsync
         self.path.mkdir(parents=True, exist_ok=True)
         self.skipped = 0   # torn or unreadable lines met by the last read
+        self._mutex, self._lock_fd, self._fd, self._end = threading.Lock(), None, None, -1   # this process's; opened by the first append
+        self._reads = {}   # what the last scan read of each segment: the next decodes only what was appended since
+        _logs_open.add(self)
 
     def __repr__(self): return f"RequestLog({str(self.path)!r}, {len(self.segments())} segments)"
 
@@ -758,26 +764,60 @@ def _fsync_dir(path:Path):
     finally: os.close(fd)
 
 @_method_of(RequestLog)
+def close(self:RequestLog):
+    "Close this process's descriptors (the next `append` opens them again)"
+    for fd in (self._lock_fd, self._fd):
+        if fd is not None: os.close(fd)
+    self._lock_fd, self._fd, self._end = None, None, -1
+
+@_method_of(RequestLog)
+def __del__(self:RequestLog):
+    try: self.close()
+    except (OSError, AttributeError): pass   # interpreter shutdown, or `__init__` failed half-way
+
+def _after_fork():
+    "In a forked child: forget the parent's descriptors (a lock shared with it would exclude nobody) and mutexes"
+    for log in list(_logs_open): log.close(); log._mutex = threading.Lock()
+
+os.register_at_fork(after_in_child=_after_fork)
+
+# %% ../nbs/00_core.ipynb
+@_method_of(RequestLog)
+def _open_newest(self:RequestLog, need:int):
+    "Under the lock: open the newest segment, or the next one (then apply retention) when `need` more bytes do not fit"
+    if self._fd is not None: os.close(self._fd); self._fd = None
+    segs = self.segments()
+    seg = segs[-1] if segs else self._segment(1)
+    if segs and (size := seg.stat().st_size) and size + need > self.segment_bytes:
+        seg = self._segment(int(self._name.match(seg.name)[1]) + 1)
+    new_file = not seg.exists()
+    self._fd, self._end = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), -1
+    if new_file:
+        if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
+        for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
+
+@_method_of(RequestLog)
+def _append_line(self:RequestLog, line:bytes):
+    "Under the lock: write one line at the end of the newest segment; its descriptor stays open for the next"
+    st = os.fstat(self._fd) if self._fd is not None else None
+    if st is None or st.st_nlink == 0 or (st.st_size and st.st_size + len(line) > self.segment_bytes):
+        self._open_newest(len(line)); st = os.fstat(self._fd)   # first append, deleted or rewritten (nlink 0), or full
+    if st.st_size and st.st_size != self._end and os.pread(self._fd, 1, st.st_size - 1) != b'\n':
+        line = b'\n' + line                                     # end a line torn by a crash
+    _write_all(self._fd, line)
+    self._end = st.st_size + len(line)                          # where our own line ends: no need to look there next time
+    if self.fsync: os.fsync(self._fd)
+
+@_method_of(RequestLog)
 def append(self:RequestLog, record:Mapping):
-    "Append one record (a JSON-serialisable dict or other mapping); returns once it is on disk"
+    "Append one record (a JSON-serialisable dict or other mapping) as one line; with `fsync`, on disk when it returns"
     if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
-    line = (json.dumps(dict(record), separators=(',', ':'), default=_json_default) + '\n').encode()
-    with file_lock(self.path/'.lock'):
-        segs = self.segments()
-        seg = segs[-1] if segs else self._segment(1)
-        size = seg.stat().st_size if seg.exists() else 0
-        new_file = not seg.exists()
-        if size and size + len(line) > self.segment_bytes:    # rotate: close this segment, start the next
-            seg, size, new_file = self._segment(int(self._name.match(seg.name)[1]) + 1), 0, True
-        fd = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if size and os.pread(fd, 1, size - 1) != b'\n': line = b'\n' + line   # end a line torn by a crash
-            _write_all(fd, line)
-            if self.fsync: os.fsync(fd)
-        finally: os.close(fd)
-        if new_file:
-            if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
-            for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
+    line = (_json_line(record if type(record) is dict else dict(record)) + '\n').encode()
+    with self._mutex:                                           # threads of one process share its descriptors
+        if self._lock_fd is None: self._lock_fd = os.open(self.path/'.lock', os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)               # other processes, and `erase_subject`'s `file_lock`
+        try: self._append_line(line)
+        finally: fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb
 def _decode_line(raw:bytes) -> tuple:
@@ -786,15 +826,13 @@ def _decode_line(raw:bytes) -> tuple:
     except (ValueError, RecursionError): return None, 'unreadable'   # bad UTF-8 is a ValueError too
     return (value, None) if isinstance(value, dict) else (None, 'not_object')
 
-def _scan_segment(path:Path) -> tuple:
-    "Complete lines of one segment as (byte offset, record, why), and 1 when an unterminated line ends it"
-    try: data = path.read_bytes()
-    except FileNotFoundError: return [], 0    # deleted by retention while we listed
-    lines, out, offset = data.split(b'\n'), [], 0
+def _parse_lines(data:bytes, start:int) -> tuple:
+    "The complete lines of `data`, read from byte `start` of a segment, as (offset, record, why); and where the last one ends"
+    lines, out, offset = data.split(b'\n'), [], start
     for raw in lines[:-1]:
         if raw.strip(): out.append((offset, *_decode_line(raw)))
         offset += len(raw) + 1
-    return out, int(bool(lines[-1]))          # no final newline: a write in progress or torn by a crash
+    return out, offset                        # bytes past it: a line unterminated (a write in progress, or torn by a crash)
 
 def _checked(line:tuple, problem) -> tuple:
     "A scanned (offset, record, why) line after `problem(record)`: a record it finds bad becomes (offset, None, why)"
@@ -802,19 +840,36 @@ def _checked(line:tuple, problem) -> tuple:
     if why is None: why = problem(record)
     return (offset, record if why is None else None, why)
 
+@_method_of(RequestLog)
+def _read_segment(self:RequestLog, path:Path, problem=None) -> tuple:
+    "A segment's lines as (name, offset, record, why), how many are good, and 1 if an unterminated line ends it; decodes only what was appended since the last read"
+    try: fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError: return [], 0, 0    # deleted by retention while we listed
+    try:
+        st = os.fstat(fd); ident = (st.st_dev, st.st_ino)
+        known = self._reads.get(path.name)    # (file, problem, end of the lines read, the 32 bytes before it, lines, good ones)
+        if not (known and known[:2] == (ident, problem) and st.st_size >= known[2]
+                and os.pread(fd, len(known[3]), known[2] - len(known[3])) == known[3]):
+            known = (ident, problem, 0, b'', [], 0)   # a new file (rotation, or a segment replaced by an erasure), or another check
+        start = known[2]; data = os.pread(fd, st.st_size - start, start)
+    finally: os.close(fd)
+    new, end = _parse_lines(data, start)
+    if problem is not None: new = [_checked(line, problem) for line in new]
+    lines, good = known[4] + [(path.name, *line) for line in new], known[5] + sum(why is None for *_, why in new)
+    self._reads[path.name] = (ident, problem, end, (known[3] + data[:end - start])[-32:], lines, good)
+    return lines, good, int(end < start + len(data))
+
 # %% ../nbs/00_core.ipynb
 @_method_of(RequestLog)
 def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
-         problem=None):                       # optional check of a record: returns why it is bad, or None
+         problem=None):                       # optional check of a record: returns why it is bad, or None (the same for the same record)
     "Lines of the newest segments, oldest first, as (segment name, offset, record or None, why it is bad or None)"
-    out, self.skipped, good = [], 0, 0
+    out, self.skipped, good, read = [], 0, 0, set()
     for seg in reversed(self.segments()):
-        lines, unterminated = _scan_segment(seg)
-        if problem is not None: lines = [_checked(line, problem) for line in lines]
-        out = [(seg.name, *line) for line in lines] + out
-        self.skipped += unterminated + sum(why is not None for *_, why in lines)
-        good += sum(why is None for *_, why in lines)
+        lines, good_here, unterminated = self._read_segment(seg, problem); read.add(seg.name)
+        out, good, self.skipped = lines + out, good + good_here, self.skipped + unterminated + len(lines) - good_here
         if last is not None and good >= last: break
+    self._reads = {name: known for name, known in self._reads.items() if name in read}   # what the next scan may reuse
     return out
 
 @_method_of(RequestLog)

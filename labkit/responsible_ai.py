@@ -417,14 +417,14 @@ def default_hiring_model() -> dict:
     return hiring_model_json(train_hiring_classifier(train), background_sample(train))
 
 def create_hiring_app(model:dict=None,     # default `default_hiring_model()`
-                      audit_log=None,      # RequestLog or its folder; default `LABKIT_AUDIT_LOG` (none: no audit)
+                      audit_log=None,      # RequestLog (opened with `fsync=True`) or its folder; default `LABKIT_AUDIT_LOG` (none: no audit)
                       key:bytes=None,      # pseudonym key; default `pseudonym_key()` when there is an audit log
                       band:tuple=REVIEW_BAND,
                       **serving) -> Flask: # passed to `labkit.serving.create_app`
     "The serving lab's app with the hiring routes (/hire, /explain) registered as a blueprint"
     model = model or default_hiring_model()
     if audit_log is None and (d := os.environ.get('LABKIT_AUDIT_LOG')): audit_log = d
-    if isinstance(audit_log, (str, Path)): audit_log = RequestLog(audit_log)
+    if isinstance(audit_log, (str, Path)): audit_log = RequestLog(audit_log, fsync=True)   # an audit record is on disk before the answer
     if audit_log is not None and key is None: key = pseudonym_key()   # refuses to start without one
     app = create_app(**serving)
     app.register_blueprint(hiring_blueprint(model, audit_log, key, band))

@@ -71,6 +71,92 @@ def test_concurrent_processes_lose_and_interleave_nothing(tmp_path):
     for s in segs:                                                # every line is one whole JSON record
         for line in s.read_bytes().split(b'\n')[:-1]: json.loads(line)
 
+def test_a_writer_that_forks_after_appending_shares_no_lock_with_its_children(tmp_path):
+    "The parent's open lock and segment descriptors are dropped in each child: the children still exclude each other"
+    log = RequestLog(tmp_path, segment_bytes=8_000, keep_segments=10_000)
+    log.append({'worker': -1, 'i': 0, 'pad': ''})                  # the parent now holds open descriptors
+    ctx = mp.get_context('fork')
+    procs = [ctx.Process(target=_writer, args=(log, w, 300)) for w in range(4)]
+    for p in procs: p.start()
+    _writer(log, -1, 300)                                         # and keeps writing beside them
+    for p in procs: p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    recs = log.records()
+    assert log.skipped == 0 and len(recs) == 1501
+    for w in range(-1, 4): assert [r['i'] for r in recs if r['worker'] == w] == ([0] if w == -1 else []) + list(range(300))
+    assert all(s.stat().st_size <= 8_000 for s in log.segments())
+
+def test_a_forked_child_waits_for_the_lock_its_parent_holds(tmp_path):
+    "A child must not share its parent's lock descriptor: it would take the lock the parent holds at once"
+    import fcntl
+    log = RequestLog(tmp_path)
+    log.append({'who': 'parent'})                                 # the parent's lock descriptor is open now
+    fcntl.flock(log._lock_fd, fcntl.LOCK_EX)                      # as while one of its threads appends
+    child = mp.get_context('fork').Process(target=_writer, args=(log, 'child', 1))
+    child.start()
+    try:
+        child.join(1.0)
+        assert child.is_alive(), 'the child appended while its parent held the lock'
+    finally: fcntl.flock(log._lock_fd, fcntl.LOCK_UN)
+    child.join(60)
+    assert child.exitcode == 0 and [r.get('worker', r.get('who')) for r in log.records()] == ['parent', 'child']
+
+def test_threads_of_one_process_write_whole_lines(tmp_path):
+    import threading
+    log = RequestLog(tmp_path, segment_bytes=4_000, keep_segments=10_000)
+    threads = [threading.Thread(target=_writer, args=(log, w, 200)) for w in range(4)]
+    for t in threads: t.start()
+    for t in threads: t.join(60)
+    assert not any(t.is_alive() for t in threads), 'a writer thread did not finish within 60 s'
+    recs = log.records()
+    assert log.skipped == 0 and len(recs) == 800
+    for w in range(4): assert [r['i'] for r in recs if r['worker'] == w] == list(range(200))
+
+def test_fsync_only_when_asked(tmp_path, monkeypatch):
+    "A request log does not fsync by default; `fsync=True` (audit logs) fsyncs every record before append returns"
+    synced = []
+    monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(fd))
+    quiet, durable = RequestLog(tmp_path/'requests'), RequestLog(tmp_path/'audit', fsync=True)
+    for i in range(3): quiet.append({'i': i})
+    assert synced == [] and quiet.fsync is False
+    for i in range(3): durable.append({'i': i})
+    assert len(synced) == 3 + 1                                   # each record, and the folder once for the new segment
+    assert [r['i'] for r in durable.records()] == [0, 1, 2]
+
+def test_a_writer_follows_a_segment_deleted_or_replaced_under_it(tmp_path):
+    log, other = RequestLog(tmp_path), RequestLog(tmp_path)      # two writers, as two workers
+    log.append({'i': 0})
+    seg = log.segments()[-1]
+    seg.unlink()                                                  # deleted (retention, or by hand) while open
+    log.append({'i': 1}); other.append({'i': 2})
+    assert [r['i'] for r in log.records()] == [1, 2]
+    tmp = tmp_path/'new'; tmp.write_bytes(b'{"i": 9}\n'); tmp.replace(log.segments()[-1])   # replaced by a new file
+    log.append({'i': 3}); other.append({'i': 4})
+    assert [r['i'] for r in log.records()] == [9, 3, 4]
+
+def test_a_reader_decodes_only_what_was_appended_since_its_last_scan(tmp_path, monkeypatch):
+    "The monitor scans every few seconds: a scan reuses what the last one read, and sees what a fresh reader sees"
+    import labkit.core as core
+    writer, reader = RequestLog(tmp_path, segment_bytes=2_000, keep_segments=3), RequestLog(tmp_path)
+    fresh = lambda **kw: RequestLog(tmp_path).scan(**kw)
+    for i in range(50): writer.append({'i': i})
+    assert reader.scan() == fresh()
+    decoded, decode = [], core._decode_line
+    monkeypatch.setattr(core, '_decode_line', lambda raw: decoded.append(raw) or decode(raw))
+    for i in range(50, 55): writer.append({'i': i})
+    assert [r['i'] for *_, r, _ in reader.scan()][-6:] == list(range(49, 55)) and len(decoded) == 5   # only the new lines
+    monkeypatch.undo()
+    with open(writer.segments()[-1], 'ab') as f: f.write(b'{"i": -1, "x')        # a torn line, then a writer ends it
+    assert reader.scan() == fresh() and reader.skipped == 1
+    writer.append({'i': 55})
+    assert reader.scan() == fresh() and [why for *_, why in reader.scan()][-2:] == ['unreadable', None]
+    odd = lambda r: 'odd' if r['i'] % 2 else None                                  # another check: checked anew
+    assert reader.scan(problem=odd) == fresh(problem=odd) and reader.scan() == fresh()
+    seg = writer.segments()[-1]; core.write_atomic(seg, seg.read_bytes().replace(b'"i":20}', b'"i":-2}'))   # replaced: same size, same end
+    assert reader.scan() == fresh() and -2 in [r['i'] for *_, r, _ in reader.scan() if r]
+    for i in range(56, 400): writer.append({'i': i})                            # rotations and retention
+    assert reader.scan(last=10) == fresh(last=10) and reader.scan() == fresh()
+
 def test_retention_keeps_a_bounded_contiguous_tail(tmp_path):
     log = RequestLog(tmp_path, segment_bytes=2_000, keep_segments=3)
     for i in range(1000): log.append({'i': i})

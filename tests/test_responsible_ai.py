@@ -225,6 +225,11 @@ def _fill(log, people, n_each):
     for i in range(n_each):
         for who in people: log.append({'subject': pseudonymise(who, KEY), 'n': i, 'pad': 'x' * 200})
 
+def test_the_audit_log_fsyncs_each_record(tmp_path, fitted):
+    "Opened from a folder, the audit log asks for fsync per record (request logs default to none)"
+    app = create_hiring_app(fitted[2], audit_log=tmp_path/'audit', key=KEY)
+    assert app.extensions['labkit_hiring']['audit_log'].fsync is True
+
 def test_erasure_across_segments_keeps_everyone_else(tmp_path):
     log = RequestLog(tmp_path/'audit', segment_bytes=1500)
     _fill(log, ['ann', 'bob', 'cem'], 6)
