@@ -329,6 +329,7 @@ def _health_metrics(self:DriftMonitor):
     "The monitor's own health: staleness, bad log lines by reason, failed updates"
     from prometheus_client import Counter, Gauge
     self._updated_at, self._counted = time.time(), {}   # last successful update; how far each segment's bad lines were counted
+    self._last_window = None   # (newest usable line, labels given, report) of the last update from a log
     self.g_since = Gauge('labkit_monitor_seconds_since_update', 'Seconds since the last successful update (since the start before the first)',
                          registry=self.registry)
     self.g_since.set_function(lambda: time.time() - self._updated_at)   # computed when scraped
@@ -372,6 +373,7 @@ def evaluate(self:DriftMonitor) -> list:
 @patch
 def observe(self:DriftMonitor, current:pd.DataFrame) -> pd.DataFrame:
     "Compute the window's statistics from a frame of requests, set the gauges, evaluate the alerts"
+    self._last_window = None   # the gauges now show this frame, not the last log window
     current = current.tail(self.window)
     for f in self.features:
         if f not in current: current = current.assign(**{f: np.nan})
@@ -456,9 +458,16 @@ def update_from_log(self:DriftMonitor, log:RequestLog, labels:dict=None) -> pd.D
     "Observe the newest `window` usable records of a request log (late labels joined by request id); count bad lines"
     lines = log.scan(last=self.window, problem=self.record_problem)
     self._count_bad(lines, {p.name for p in log.segments()})
-    frame = records_frame([r for *_, r, why in lines if why is None][-self.window:])
+    good = [line for line in lines if line[3] is None][-self.window:]
+    newest = good[-1][:2] if good else None     # (segment, offset) of the newest usable record
+    if labels is None and self._last_window and self._last_window[:2] == (newest, False):   # nothing new: same window, same statistics
+        self._updated_at = time.time(); self.g_updated.set(self._updated_at)
+        return self._last_window[2]
+    frame = records_frame([line[2] for line in good])
     if labels is not None and 'id' in frame: frame['label'] = frame['id'].map(labels)
-    return self.observe(frame)
+    report = self.observe(frame)
+    self._last_window = (newest, labels is not None, report)
+    return report
 
 @patch
 def try_update(self:DriftMonitor, log:RequestLog, labels_csv:str=None) -> bool:

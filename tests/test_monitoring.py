@@ -320,6 +320,23 @@ def test_a_failed_update_is_counted_logged_and_the_next_one_runs(reference, tmp_
     assert mon.try_update(log, labels_csv=str(tmp_path/'labels.csv'))
     assert mon.metric_values('labkit_monitor_last_update_timestamp_seconds')[()] >= stamp
 
+def test_an_idle_log_is_not_recomputed_but_stays_fresh(reference, tmp_path, monkeypatch):
+    "No new record since the last update: the same report, the timestamp moves, the statistics are not computed again"
+    ref, _ = reference
+    log = RequestLog(tmp_path, fsync=False)
+    for rec in make_applicants(50, seed=4).to_dict('records'): log.append({'inputs': rec, 'prediction': 1})
+    mon = DriftMonitor(ref, window=100)
+    first = mon.update_from_log(log)
+    stamp = mon.metric_values('labkit_monitor_last_update_timestamp_seconds')[()]
+    observed = []
+    monkeypatch.setattr(DriftMonitor, 'observe', lambda self, frame, _o=DriftMonitor.observe: observed.append(len(frame)) or _o(self, frame))
+    time.sleep(0.01)
+    assert mon.update_from_log(log) is first and observed == []
+    assert mon.metric_values('labkit_monitor_last_update_timestamp_seconds')[()] > stamp
+    log.append({'inputs': make_applicants(1, seed=5).to_dict('records')[0], 'prediction': 0})
+    assert mon.update_from_log(log) is not first and observed == [51]
+    assert mon.update_from_log(log, labels={}) is not None and observed == [51, 51]   # labels: always computed
+
 def test_staleness_is_exposed_and_alerted(reference):
     ref, _ = reference
     mon = DriftMonitor(ref)
