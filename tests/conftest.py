@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 import pytest
 import nbval.plugin
@@ -69,3 +70,16 @@ def browser():
     finally: shutil.rmtree(profile, ignore_errors=True)
 
 from labkit.core import free_port   # one definition, shared with the labs
+
+
+def docker(*args, timeout=120, check=True, exe='docker', env=None):
+    "Run the docker client (or `exe`, e.g. docker-buildx); on failure show what it said"
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    if check: assert r.returncode == 0, f"docker {' '.join(map(str, args))[:300]}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+def poll(fn, seconds:float, every:float=0.5):
+    "Call `fn` until it returns something true or `seconds` pass; its last value"
+    deadline = time.monotonic() + seconds
+    while not (out := fn()) and time.monotonic() < deadline: time.sleep(every)
+    return out

@@ -5,7 +5,7 @@ from configparser import ConfigParser
 from pathlib import Path
 from types import SimpleNamespace
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, docker, free_port, poll
 
 # the image is built by the first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
@@ -14,12 +14,6 @@ DOCKERFILE = REPO/'docker'/'lab'/'Dockerfile'
 IMAGE_UID = 1000                                  # the image's notebook user (build ARG NB_UID)
 HOST_USER = (2345, 2345) if os.getuid() == 0 else (os.getuid(), os.getgid())   # as root, play an ordinary host user
 VERSION = ConfigParser(delimiters=['=']); VERSION.read(REPO/'settings.ini'); VERSION = VERSION['DEFAULT']['version']
-
-def docker(*args, timeout=120, check=True, exe='docker', env=None):
-    "Run the docker client; on failure show what it said"
-    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
-    if check: assert r.returncode == 0, f"docker {' '.join(map(str, args))[:300]}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
 
 def _docker_clients() -> list:
     "Every distinct `docker` executable on PATH, first found first"
@@ -61,12 +55,6 @@ def http(url, token=None, method='GET', body=None):
         with urllib.request.urlopen(req, timeout=20) as r: return r.status, r.read().decode()
     except urllib.error.HTTPError as e: return e.code, e.read().decode()
 
-def wait_for(fn, seconds, every=1.0):
-    "Poll `fn` until it returns something true, or `seconds` pass; returns its last value"
-    deadline = time.monotonic() + seconds
-    while not (out := fn()) and time.monotonic() < deadline: time.sleep(every)
-    return out
-
 def answers(url):
     try: return http(url)[0] == 200
     except OSError: return False
@@ -87,13 +75,13 @@ def logs(name): return (lambda r: r.stdout + r.stderr)(docker('logs', name, chec
 
 def test_turns_healthy_within_60_s(lab):
     status = lambda: docker('inspect', '--format', '{{.State.Health.Status}}', lab.name).stdout.strip()
-    wait_for(lambda: status() in ('healthy', 'unhealthy'), 60 - (time.monotonic() - lab.started))
+    poll(lambda: status() in ('healthy', 'unhealthy'), 60 - (time.monotonic() - lab.started))
     took = time.monotonic() - lab.started
     assert status() == 'healthy', f"health is {status()!r} after {took:.0f} s:\n{logs(lab.name)[-3000:]}"
     print(f"\nhealthy {took:.0f} s after docker run")
 
 def test_token_is_required(lab):
-    assert wait_for(lambda: answers(lab.url + '/api'), 60), logs(lab.name)[-3000:]
+    assert poll(lambda: answers(lab.url + '/api'), 60), logs(lab.name)[-3000:]
     assert http(lab.url + '/api/status')[0] == 403
     assert http(lab.url + '/api/status', token='not-the-token')[0] == 403
     assert http(lab.url + '/api/contents/labs')[0] == 403
@@ -103,7 +91,7 @@ def test_token_is_required(lab):
     assert status == 200 and set(json.loads(body)) == {'version'}
 
 def test_mounted_folder_is_written_as_the_host_user(lab):
-    assert wait_for(lambda: answers(lab.url + '/api'), 60)
+    assert poll(lambda: answers(lab.url + '/api'), 60)
     status, body = http(lab.url + '/api/contents/hello.txt', lab.token, 'PUT',
                         {'type': 'file', 'format': 'text', 'content': 'written by the notebook user\n'})
     assert status == 201, body
@@ -179,7 +167,7 @@ def test_image_is_configured_as_documented(lab_image):
 
 def test_the_notebooks_kernel_is_offered(lab):
     "Student copies name the Python (labkit) kernel: the server must offer it, or every notebook asks for one"
-    assert wait_for(lambda: answers(lab.url + '/api'), 60)
+    assert poll(lambda: answers(lab.url + '/api'), 60)
     status, body = http(lab.url + '/api/kernelspecs', lab.token)
     specs = json.loads(body)['kernelspecs'] if status == 200 else {}
     assert 'labkit' in specs, f"{status}: {body[:500]}"
@@ -191,7 +179,7 @@ def test_token_is_generated_when_none_is_set(lab_image):
            '-e', 'JUPYTER_TOKEN=', lab_image)
     try:
         url = f'http://127.0.0.1:{port}'
-        assert wait_for(lambda: answers(url + '/api'), 90), logs(name)[-3000:]
+        assert poll(lambda: answers(url + '/api'), 90), logs(name)[-3000:]
         m = re.search(r'/lab\?token=([0-9a-f]{48})\b', logs(name))
         assert m, logs(name)[-3000:]
         assert http(url + '/api/status')[0] == 403 and http(url + '/api/status', token=m.group(1))[0] == 200
@@ -202,7 +190,7 @@ def test_refuses_to_switch_the_token_off(lab_image):
     assert r.returncode == 2 and 'token authentication on' in r.stderr
 
 def test_sigterm_stops_within_10_s(lab):
-    assert wait_for(lambda: answers(lab.url + '/api'), 60)
+    assert poll(lambda: answers(lab.url + '/api'), 60)
     status, body = http(lab.url + '/api/kernels', lab.token, 'POST', {'name': 'python3'})   # a kernel to shut down too
     assert status == 201, body
     t0 = time.monotonic()

@@ -1,31 +1,18 @@
 "The monitoring stack's local images: Prometheus and Alertmanager from Debian, non-root, ready on 127.0.0.1, healthy; cleaned up after"
 import json, subprocess, time, urllib.error, urllib.request, uuid
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, docker, free_port, poll
 
 # each build is one apt-get install on debian:bookworm-slim (about a minute on 2 cores)
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 IMAGES = {'prometheus': 'PROMETHEUS_LISTEN', 'alertmanager': 'ALERTMANAGER_LISTEN'}   # image -> its listen-address variable
 
-def docker(*args, timeout=120, check=True):
-    r = subprocess.run(['docker', *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check: assert r.returncode == 0, f"docker {' '.join(map(str, args))}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return r
-
 def _status(url:str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as r: return r.status
     except urllib.error.HTTPError as e: return e.code
     except OSError: return 0
-
-def _wait(check, seconds:float):
-    "Poll `check` until it returns something true, at most `seconds`; that value, or None at the deadline"
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if got := check(): return got
-        time.sleep(0.5)
-    return None
 
 @pytest.fixture(scope='module', params=sorted(IMAGES))
 def image(request, docker_engine):
@@ -42,7 +29,7 @@ def container(image):
     docker('run', '-d', '--name', cname, '--network', 'host', '-e', f'{IMAGES[name]}=127.0.0.1:{port}', tag)
     try:
         url = f'http://127.0.0.1:{port}'
-        if not _wait(lambda: _status(url + '/-/ready') == 200, 60):
+        if not poll(lambda: _status(url + '/-/ready') == 200, 60):
             pytest.fail(f"{name} did not answer {url}/-/ready within 60 s:\n{docker('logs', cname, check=False).stderr[-3000:]}")
         yield name, cname, url
     finally:
@@ -82,4 +69,4 @@ def test_turns_healthy(container):
     def healthy():
         state = json.loads(docker('inspect', '--format', '{{json .State.Health}}', cname).stdout)
         return state if state and state['Status'] == 'healthy' else None
-    assert _wait(healthy, 60), docker('inspect', '--format', '{{json .State.Health}}', cname).stdout
+    assert poll(healthy, 60), docker('inspect', '--format', '{{json .State.Health}}', cname).stdout

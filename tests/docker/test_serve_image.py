@@ -1,16 +1,11 @@
 "The serve image: builds from docker/serve/Dockerfile, runs as non-root, answers on 127.0.0.1, turns healthy; cleaned up after"
 import json, subprocess, time, uuid
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO, docker, free_port
 from labkit.core import http_call, wait_until_up
 
 # the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
-
-def docker(*args, timeout=120, check=True):
-    r = subprocess.run(['docker', *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check: assert r.returncode == 0, f"docker {' '.join(map(str, args))}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return r
 
 @pytest.fixture(scope='module')
 def serve_image(docker_engine):
