@@ -4,7 +4,7 @@ import shlex
 import subprocess
 import pytest
 from fastcore.script import anno_parser
-from conftest import labkit_cmd
+from conftest import REPO, labkit_cmd
 from labkit.cli import COMMANDS, EXAMPLES, command_function, command_parser
 
 @pytest.fixture(scope='module')
@@ -58,9 +58,10 @@ def test_option_alias_works_through_the_console_script():
     r = subprocess.run(labkit_cmd('docs', '--out_dir', '_docs', '--bogus'), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr and 'out_dir' not in r.stderr, r.stderr
 
-@pytest.mark.parametrize('argv', [('--help',), ('serve', '--help'), ('detect', '--help'), ('doctor',)])
-def test_closed_pipe_exits_quietly(argv):
-    "The reader is gone before the first write: status 141 (as SIGPIPE), nothing on stderr"
+@pytest.mark.parametrize('argv', [('--help',), ('serve', '--help'), ('detect', '--help'), ('student', 'nbs', 'OUT')])
+def test_closed_pipe_exits_quietly(argv, tmp_path):
+    "The reader is gone before the first write (of argparse, or of a command's own report): status 141 (as SIGPIPE), nothing on stderr"
+    argv = [str(REPO/a) if a == 'nbs' else str(tmp_path/a) if a == 'OUT' else a for a in argv]
     proc = subprocess.Popen(labkit_cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
     try: err = proc.stderr.read(); proc.wait(timeout=300)
