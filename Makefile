@@ -19,7 +19,7 @@ help:
 	@echo "make check    labkit/ is what nbdev_export makes of nbs/, and the notebooks are clean"
 	@echo "make docs     build the student docs site (_docs/, no solutions) and README.md; make docs-instructor: _docs_instructor/"
 	@echo "make student  student copies in _student/, to hand out"
-	@echo "make images   build the lab, yolo and serve Docker images (labkit-NAME:$(VERSION))"
+	@echo "make images   build the lab, yolo, serve, prometheus and alertmanager Docker images (labkit-NAME:$(VERSION))"
 
 # one install of labkit with every lab's dependencies (settings.ini: requirements + extras `all` and `dev`)
 $(STAMP): settings.ini setup.py
@@ -76,6 +76,8 @@ images:
 	$(BUILD) -f docker/lab/Dockerfile --build-arg LABKIT_VERSION=$(VERSION) --build-arg LABKIT_SOURCE=$(SOURCE) -t labkit-lab:$(VERSION) -t labkit-lab:latest .
 	$(BUILD) -f docker/yolo/Dockerfile -t labkit-yolo:$(VERSION) -t labkit-yolo:latest .
 	$(BUILD) -f docker/serve/Dockerfile --build-arg VERSION=$(VERSION) -t labkit-serve:$(VERSION) -t labkit-serve:latest .
+	$(BUILD) -f docker/prometheus/Dockerfile -t labkit-prometheus:$(VERSION) -t labkit-prometheus:latest .
+	$(BUILD) -f docker/alertmanager/Dockerfile -t labkit-alertmanager:$(VERSION) -t labkit-alertmanager:latest .
 
 clean:
 	rm -rf _docs _docs_instructor _proc _student .pytest_cache nbs/_quarto.yml nbs/nbdev.yml nbs/sidebar.yml

@@ -1,5 +1,7 @@
 "Shared fixtures: the repository, a Docker engine when one answers, a headless browser, free loopback ports"
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +85,40 @@ def poll(fn, seconds:float, every:float=0.5):
     deadline = time.monotonic() + seconds
     while not (out := fn()) and time.monotonic() < deadline: time.sleep(every)
     return out
+
+def _docker_clients() -> list:
+    "Every distinct `docker` executable on PATH, first found first"
+    seen = {}
+    for d in os.environ.get('PATH', '').split(os.pathsep):
+        if (exe := Path(d)/'docker').is_file(): seen.setdefault(exe.resolve(), str(exe))
+    return list(seen.values())
+
+def buildkit_build() -> list|None:
+    "A build command that uses BuildKit (the Dockerfile needs its cache mounts): `docker buildx build`, else a client older than 23"
+    for exe in _docker_clients():
+        if subprocess.run([exe, 'buildx', 'version'], capture_output=True, timeout=60).returncode == 0: return [exe, 'buildx', 'build', '--load']
+        v = subprocess.run([exe, 'version', '--format', '{{.Client.Version}}'], capture_output=True, text=True, timeout=60).stdout
+        if (m := re.match(r'(\d+)\.', v)) and int(m.group(1)) < 23: return [exe, 'build']   # BuildKit built into the client
+    return None
+
+def _running(pid:str) -> bool:
+    "Whether process `pid` runs (a zombie has finished)"
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError): return False
+
+def _wait_for_prebuild(seconds:float=3000):
+    "Wait for the background `make images` of `.ci/run`, so a build here finds its layers cached"
+    done, pid = os.environ.get('LABKIT_IMAGES_DONE'), os.environ.get('LABKIT_IMAGES_PID', '')
+    if not done: return
+    deadline = time.monotonic() + seconds
+    while not Path(done).exists() and _running(pid) and time.monotonic() < deadline: time.sleep(2)
+
+def image_build(*args, timeout=3000):
+    "`docker build --network host ARGS` with BuildKit where a client has it (as `make images` builds), else the classic builder"
+    _wait_for_prebuild()
+    exe, *build = buildkit_build() or ['docker', 'build']
+    return docker(*build, '--network', 'host', *args, exe=exe, timeout=timeout, env=os.environ | {'DOCKER_BUILDKIT': '1'})
+
+def pytest_collection_modifyitems(config, items):
+    "Container tests last: `.ci/run` builds their images in the background meanwhile, so their builds find the cache warm"
+    items.sort(key=lambda item: item.get_closest_marker('docker') is not None)   # stable: the order within each part is kept

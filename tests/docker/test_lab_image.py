@@ -5,7 +5,7 @@ from configparser import ConfigParser
 from pathlib import Path
 from types import SimpleNamespace
 import pytest
-from conftest import REPO, docker, free_port, poll
+from conftest import REPO, buildkit_build, docker, free_port, image_build, poll
 
 # the image is built by the first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
@@ -15,21 +15,6 @@ IMAGE_UID = 1000                                  # the image's notebook user (b
 HOST_USER = (2345, 2345) if os.getuid() == 0 else (os.getuid(), os.getgid())   # as root, play an ordinary host user
 VERSION = ConfigParser(delimiters=['=']); VERSION.read(REPO/'settings.ini'); VERSION = VERSION['DEFAULT']['version']
 
-def _docker_clients() -> list:
-    "Every distinct `docker` executable on PATH, first found first"
-    seen = {}
-    for d in os.environ.get('PATH', '').split(os.pathsep):
-        if (exe := Path(d)/'docker').is_file(): seen.setdefault(exe.resolve(), str(exe))
-    return list(seen.values())
-
-def buildkit_build() -> list|None:
-    "A build command that uses BuildKit (the Dockerfile needs its cache mounts): `docker buildx build`, else a client older than 23"
-    for exe in _docker_clients():
-        if subprocess.run([exe, 'buildx', 'version'], capture_output=True, timeout=60).returncode == 0: return [exe, 'buildx', 'build', '--load']
-        v = subprocess.run([exe, 'version', '--format', '{{.Client.Version}}'], capture_output=True, text=True, timeout=60).stdout
-        if (m := re.match(r'(\d+)\.', v)) and int(m.group(1)) < 23: return [exe, 'build']   # BuildKit built into the client
-    return None
-
 @pytest.fixture(scope='module')
 def lab_image(docker_engine):
     "The image: LABKIT_LAB_IMAGE when a tag was built earlier in this run, else built now (layers come from the build cache)"
@@ -37,11 +22,10 @@ def lab_image(docker_engine):
         docker('image', 'inspect', tag)
         yield tag
         return
-    if not (build := buildkit_build()): pytest.skip('no docker client builds with BuildKit (install docker buildx)')
+    if not buildkit_build(): pytest.skip('no docker client builds with BuildKit (install docker buildx)')
     tag = f'labkit-lab:test-{uuid.uuid4().hex[:8]}'
     t0 = time.monotonic()
-    docker(*build[1:], '--network', 'host', '-f', DOCKERFILE, '--build-arg', f'LABKIT_VERSION={VERSION}', '-t', tag, REPO,
-           exe=build[0], timeout=3000, env=os.environ | {'DOCKER_BUILDKIT': '1'})
+    image_build('-f', DOCKERFILE, '--build-arg', f'LABKIT_VERSION={VERSION}', '-t', tag, REPO)
     print(f"\n{tag}: built in {time.monotonic() - t0:.0f} s")
     yield tag
     docker('rmi', tag, check=False)               # its layers stay in the build cache for the next build

@@ -1,7 +1,7 @@
 "The monitoring stack's local images: Prometheus and Alertmanager from Debian, non-root, ready on 127.0.0.1, healthy; cleaned up after"
 import json, subprocess, time, urllib.error, urllib.request, uuid
 import pytest
-from conftest import REPO, docker, free_port, poll
+from conftest import REPO, docker, free_port, image_build, poll
 
 # each build is one apt-get install on debian:bookworm-slim (about a minute on 2 cores)
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -18,7 +18,7 @@ def _status(url:str) -> int:
 def image(request, docker_engine):
     name = request.param
     tag = f'labkit-{name}:test-{uuid.uuid4().hex[:8]}'
-    docker('build', '--network', 'host', '-f', REPO/f'docker/{name}/Dockerfile', '-t', tag, REPO, timeout=600)
+    image_build('-f', REPO/f'docker/{name}/Dockerfile', '-t', tag, REPO, timeout=600)
     yield name, tag
     docker('rmi', '-f', tag, check=False)
 

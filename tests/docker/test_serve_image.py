@@ -1,7 +1,7 @@
 "The serve image: builds from docker/serve/Dockerfile, runs as non-root, answers on 127.0.0.1, turns healthy; cleaned up after"
 import json, subprocess, time, uuid
 import pytest
-from conftest import REPO, docker, free_port
+from conftest import REPO, docker, free_port, image_build
 from labkit.core import http_call, wait_until_up
 
 # the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 def serve_image(docker_engine):
     tag = f'labkit-serve:test-{uuid.uuid4().hex[:8]}'
     t0 = time.monotonic()
-    docker('build', '--network', 'host', '-f', REPO/'docker/serve/Dockerfile', '-t', tag, REPO, timeout=900)
+    image_build('-f', REPO/'docker/serve/Dockerfile', '-t', tag, REPO, timeout=900)
     build_s = time.monotonic() - t0
     size = int(docker('image', 'inspect', '--format', '{{.Size}}', tag).stdout)
     print(f"\nserve image {tag}: built in {build_s:.0f} s, {size / 1e6:.0f} MB")

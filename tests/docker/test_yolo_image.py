@@ -6,10 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 import pytest
+from conftest import REPO, image_build
 
 # the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
-REPO = Path(__file__).resolve().parents[2]
 IMAGE = 'labkit-yolo'
 SHAPES = {'circle', 'square', 'triangle', 'star', 'cross'}
 HOST_USER = (1234, 1234) if os.getuid() == 0 else (os.getuid(), os.getgid())   # as root, play an ordinary user
@@ -18,9 +18,7 @@ HOST_USER = (1234, 1234) if os.getuid() == 0 else (os.getuid(), os.getgid())   #
 def image(docker_engine):
     "Build the image from the repository root (dependency layers come from the cache after the first build)"
     t0 = time.perf_counter()
-    r = subprocess.run(['docker', 'build', '--network', 'host', '-f', 'docker/yolo/Dockerfile', '-t', IMAGE, '.'],
-                       cwd=REPO, capture_output=True, text=True, timeout=3000)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    image_build('-f', REPO/'docker/yolo/Dockerfile', '-t', IMAGE, REPO)
     print(f"labkit-yolo built in {time.perf_counter() - t0:.0f} s")
     yield IMAGE
     # keep the tagged image (the next build reuses its layers); remove the older builds it replaced
