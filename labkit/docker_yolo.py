@@ -9,7 +9,7 @@ __all__ = ['SHAPE_CLASSES', 'TRAIN_SEED', 'HELDOUT_SEED', 'WEIGHTS_ASSET', 'SYNT
            'train_cli', 'WeightsNeedDownload', 'resolve_weights', 'load_detector', 'evaluate_detector', 'photo_file',
            'read_photo', 'write_photos', 'training_photos', 'photo_background', 'heldout_photos', 'photo_views',
            'false_detections', 'DetectError', 'DetectReport', 'read_image', 'detect_dir', 'make_image_folder',
-           'detect_cli', 'shipped_detector_note', 'dockerfile_text', 'image_layers', 'check_box_iou',
+           'shipped_detector_note', 'detect_cli', 'dockerfile_text', 'image_layers', 'check_box_iou',
            'check_false_per_image']
 
 # %% ../nbs/01_docker_yolo.ipynb
@@ -585,6 +585,15 @@ def make_image_folder(root,              # folder to create
     return root
 
 # %% ../nbs/01_docker_yolo.ipynb
+def shipped_detector_note() -> str:
+    "What the shipped detector knows, and how to detect everyday objects with official weights instead"
+    return (f"labkit detect: the shipped detector knows only {len(SHAPE_CLASSES)} synthetic shape classes "
+            f"({', '.join(SHAPE_CLASSES)}): it was trained on generated scenes, with real photos as backgrounds and "
+            f"negatives, so on everyday photos it should find nothing. For people, cars, animals... download official "
+            f"weights where a network is available (e.g. yolo11n.pt, 80 COCO classes) and pass them: "
+            f"--weights /path/to/yolo11n.pt --weights_sha256 HEX (sha256sum yolo11n.pt)")
+
+# %% ../nbs/01_docker_yolo.ipynb
 def detect_cli(src:str,                 # folder of images (read recursively, never written)
                dst:str,                 # folder for annotated copies, detections.csv and summary.json
                weights:str='shapes',    # 'shapes' (shipped), a .pt file, or official weights like 'yolo11n.pt'
@@ -613,15 +622,6 @@ def detect_cli(src:str,                 # folder of images (read recursively, ne
         print(f"labkit detect: {len(rep.skipped)} file(s) skipped, see above", file=sys.stderr)
         return EXIT_SKIPPED
     return EXIT_OK
-
-# %% ../nbs/01_docker_yolo.ipynb
-def shipped_detector_note() -> str:
-    "What the shipped detector knows, and how to detect everyday objects with official weights instead"
-    return (f"labkit detect: the shipped detector knows only {len(SHAPE_CLASSES)} synthetic shape classes "
-            f"({', '.join(SHAPE_CLASSES)}): it was trained on generated scenes, with real photos as backgrounds and "
-            f"negatives, so on everyday photos it should find nothing. For people, cars, animals... download official "
-            f"weights where a network is available (e.g. yolo11n.pt, 80 COCO classes) and pass them: "
-            f"--weights /path/to/yolo11n.pt --weights_sha256 HEX (sha256sum yolo11n.pt)")
 
 # %% ../nbs/01_docker_yolo.ipynb
 def dockerfile_text(name:str='yolo') -> str:
