@@ -275,8 +275,8 @@ def train_cli(dst:str=None,          # data folder to write the weights and log 
               seed:int=TRAIN_SEED,   # seed of the data set and of the training
               register:bool=False,   # record the new files' sha256 in the manifest
               real_backgrounds:bool=False, # stage 2: fine-tune the synthetic detector with real photos
-              n_photo:int=250,       # with --real_backgrounds: training scenes drawn on real photos
-              n_negatives:int=250):  # with --real_backgrounds: bare real photos (no shape, no label)
+              n_photo:int=250,       # with --real-backgrounds: training scenes drawn on real photos
+              n_negatives:int=250):  # with --real-backgrounds: bare real photos (no shape, no label)
     "Train the shapes detector (stage 1) or fine-tune it on real photos (stage 2); write weights and log into the data folder"
     root = Path(dst) if dst else data_dir()
     if real_backgrounds and register: _keep_stage1(root)
