@@ -38,6 +38,16 @@ def test_folder_with_a_corrupt_file(images, tmp_path):
     summary = json.loads((out/'summary.json').read_text())
     assert summary['images'] == 6 and [f for f, _ in summary['skipped']] == ['broken_0.jpg', 'notes.txt']
 
+def test_shipped_detector_note(images, tmp_path):
+    "The shipped detector's classes and the way to official weights, said once on stderr; not said for other weights"
+    r = labkit('detect', images, tmp_path/'out', '--device', 'cpu', '--quiet')
+    note = [line for line in r.stderr.splitlines() if 'knows only' in line]
+    assert len(note) == 1, r.stderr
+    assert all(c in note[0] for c in SHAPE_CLASSES) and '--weights /path/to/yolo11n.pt' in note[0], note
+    mine = tmp_path/'mine.pt'; shutil.copyfile(data_dir()/'yolo'/'shapes_yolo11n.pt', mine)
+    r = labkit('detect', images, tmp_path/'o2', '--weights', mine, '--weights_sha256', sha256_file(mine), '--device', 'cpu', '--quiet')
+    assert r.returncode == EXIT_SKIPPED and 'knows only' not in r.stderr, r.stderr[-2000:]
+
 def test_clean_folder_exits_zero(tmp_path):
     src = make_image_folder(tmp_path/'clean', n=2, corrupt=0)
     assert labkit('detect', src, tmp_path/'out', '--device', 'cpu', '--quiet').returncode == EXIT_OK
@@ -64,6 +74,7 @@ def test_official_weights_offline(images, tmp_path):
 def test_train_detector_help():
     r = labkit('train-detector', '--help')
     assert r.returncode == 0 and '--epochs' in r.stdout and '--register' in r.stdout
+    assert 'real_backgrounds' in r.stdout.replace('-', '_') and 'n_negatives' in r.stdout.replace('-', '_')
 
 
 # --- weights that could run code: hash-checked wherever they come from ------------------------------------------

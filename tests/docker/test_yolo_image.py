@@ -48,6 +48,7 @@ def test_documented_command(image, tmp_path):
     r = run(image, src, out)
     assert r.returncode == 3, r.stdout + r.stderr            # 3: some file was skipped, the rest processed
     assert 'skipped broken_0.jpg' in r.stderr and 'cannot decode' in r.stderr
+    assert r.stderr.count('knows only 5 synthetic shape classes') == 1, r.stderr   # what the shipped detector knows, once
     annotated = sorted(p.relative_to(out).as_posix() for p in out.rglob('scene_*'))
     assert annotated == sorted(p.relative_to(src).as_posix() for p in src.rglob('scene_*')) and len(annotated) == 10
     rows = list(csv.DictReader(open(out/'detections.csv')))
