@@ -7,6 +7,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 import pytest
 import nbval.plugin
@@ -122,3 +124,20 @@ def image_build(*args, timeout=3000):
 def pytest_collection_modifyitems(config, items):
     "Container tests last: `.ci/run` builds their images in the background meanwhile, so their builds find the cache warm"
     items.sort(key=lambda item: item.get_closest_marker('docker') is not None)   # stable: the order within each part is kept
+
+@contextmanager
+def running_container(tag:str,          # the image
+                      listen_var:str,   # its variable for the address to listen on (a free 127.0.0.1 port is given)
+                      ready_path:str,   # the path that answers 200 once it is ready
+                      *run_args,        # more `docker run` arguments
+                      seconds:float=60):
+    "A detached container on the host network; (name, url) once it is ready, removed after (its log shown if it never is)"
+    from labkit.core import wait_until_up
+    name, port = f"{tag.split(':')[0]}-test-{uuid.uuid4().hex[:8]}", free_port()
+    docker('run', '-d', '--name', name, '--network', 'host', '-e', f'{listen_var}=127.0.0.1:{port}', *run_args, tag)
+    try:
+        url = f'http://127.0.0.1:{port}'
+        if not wait_until_up(url + ready_path, seconds):
+            pytest.fail(f"{name} did not answer {url}{ready_path} within {seconds:.0f} s:\n{docker('logs', name, check=False).stderr[-3000:]}")
+        yield name, url
+    finally: docker('rm', '-f', name, check=False)

@@ -1,7 +1,7 @@
 "The monitoring stack's local images: Prometheus and Alertmanager from Debian, non-root, ready on 127.0.0.1, healthy; cleaned up after"
 import json, subprocess, time, urllib.error, urllib.request, uuid
 import pytest
-from conftest import REPO, docker, free_port, image_build, poll
+from conftest import REPO, docker, image_build, poll, running_container
 
 # each build is one apt-get install on debian:bookworm-slim (about a minute on 2 cores)
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -25,15 +25,7 @@ def image(request, docker_engine):
 @pytest.fixture(scope='module')
 def container(image):
     name, tag = image
-    cname, port = f'labkit-{name}-test-{uuid.uuid4().hex[:8]}', free_port()
-    docker('run', '-d', '--name', cname, '--network', 'host', '-e', f'{IMAGES[name]}=127.0.0.1:{port}', tag)
-    try:
-        url = f'http://127.0.0.1:{port}'
-        if not poll(lambda: _status(url + '/-/ready') == 200, 60):
-            pytest.fail(f"{name} did not answer {url}/-/ready within 60 s:\n{docker('logs', cname, check=False).stderr[-3000:]}")
-        yield name, cname, url
-    finally:
-        docker('rm', '-f', cname, check=False)
+    with running_container(tag, IMAGES[name], '/-/ready') as (cname, url): yield name, cname, url
 
 def test_ready_on_loopback(container):
     name, _, url = container

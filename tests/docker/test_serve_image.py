@@ -1,8 +1,8 @@
 "The serve image: builds from docker/serve/Dockerfile, runs as non-root, answers on 127.0.0.1, turns healthy; cleaned up after"
 import json, subprocess, time, uuid
 import pytest
-from conftest import REPO, docker, free_port, image_build
-from labkit.core import http_call, wait_until_up
+from conftest import REPO, docker, image_build, running_container
+from labkit.core import http_call
 
 # the module's image is built by its first test: a cold build (the CUDA torch layer) takes up to 15 min on 2 cores
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
@@ -20,16 +20,7 @@ def serve_image(docker_engine):
 
 @pytest.fixture(scope='module')
 def container(serve_image):
-    tag, _ = serve_image
-    name, port = f'labkit-serve-test-{uuid.uuid4().hex[:8]}', free_port()
-    docker('run', '-d', '--name', name, '--network', 'host', '-e', f'LABKIT_BIND=127.0.0.1:{port}', tag)
-    try:
-        url = f'http://127.0.0.1:{port}'
-        if not wait_until_up(url + '/ready', 60):
-            pytest.fail(f"the container did not answer on {url}:\n{docker('logs', name, check=False).stderr[-3000:]}")
-        yield name, url
-    finally:
-        docker('rm', '-f', name, check=False)
+    with running_container(serve_image[0], 'LABKIT_BIND', '/ready') as (name, url): yield name, url
 
 def test_image_is_small(serve_image):
     _, size = serve_image
@@ -64,14 +55,11 @@ def test_container_turns_healthy(container):
 def test_request_log_on_a_named_volume(serve_image):
     "As docker/monitoring's compose runs it: a fresh named volume at /var/log/labkit, writable by the service's user"
     tag, _ = serve_image
-    name, port, volume = f'labkit-serve-log-{uuid.uuid4().hex[:8]}', free_port(), f'labkit-requests-{uuid.uuid4().hex[:8]}'
-    docker('run', '-d', '--name', name, '--network', 'host', '-e', f'LABKIT_BIND=127.0.0.1:{port}',
-           '-e', 'LABKIT_REQUEST_LOG=/var/log/labkit/requests', '-v', f'{volume}:/var/log/labkit', tag)
+    volume = f'labkit-requests-{uuid.uuid4().hex[:8]}'
     try:
-        url = f'http://127.0.0.1:{port}'
-        if not wait_until_up(url + '/ready', 60): pytest.fail(docker('logs', name, check=False).stderr[-3000:])
-        assert http_call(url + '/predict', 'POST', {'experience': 5, 'test_score': 8, 'interview_score': 7})[0] == 200
-        lines = docker('exec', name, 'sh', '-c', 'cat /var/log/labkit/requests/segment-*.jsonl').stdout.splitlines()
-        assert len(lines) == 1 and json.loads(lines[0])['prediction'] > 0, lines
-    finally:
-        docker('rm', '-f', name, check=False); docker('volume', 'rm', volume, check=False)
+        with running_container(tag, 'LABKIT_BIND', '/ready', '-e', 'LABKIT_REQUEST_LOG=/var/log/labkit/requests',
+                               '-v', f'{volume}:/var/log/labkit') as (name, url):
+            assert http_call(url + '/predict', 'POST', {'experience': 5, 'test_score': 8, 'interview_score': 7})[0] == 200
+            lines = docker('exec', name, 'sh', '-c', 'cat /var/log/labkit/requests/segment-*.jsonl').stdout.splitlines()
+    finally: docker('volume', 'rm', volume, check=False)
+    assert len(lines) == 1 and json.loads(lines[0])['prediction'] > 0, lines
