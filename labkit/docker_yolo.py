@@ -252,8 +252,8 @@ REAL_RECIPE = dict(n_photo=250, n_negatives=500, n_train=200, n_val=50, epochs=5
 def train_command(n_train=6000, n_val=500, epochs=32, imgsz=320, batch=64, workers=16, device='cuda', seed=TRAIN_SEED,
                   real_backgrounds=False, n_photo=250, n_negatives=250) -> str:
     "The `labkit train-detector` command line for these settings (recorded in the manifest as `made_by`)"
-    real = f"--real_backgrounds --n_photo {n_photo} --n_negatives {n_negatives} " if real_backgrounds else ''
-    return (f"labkit train-detector {real}--n_train {n_train} --n_val {n_val} --epochs {epochs} --imgsz {imgsz} "
+    real = f"--real-backgrounds --n-photo {n_photo} --n-negatives {n_negatives} " if real_backgrounds else ''
+    return (f"labkit train-detector {real}--n-train {n_train} --n-val {n_val} --epochs {epochs} --imgsz {imgsz} "
             f"--batch {batch} --workers {workers} --device {device} --seed {seed} --register")
 
 def _keep_stage1(root:Path):
