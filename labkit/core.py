@@ -14,7 +14,7 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
            'close', 'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
-           'check_fingerprint']
+           'check_fingerprint', 'check_log_capacity']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -948,3 +948,15 @@ def check_fingerprint(fn):
     cases = [((b'',), hashlib.sha256(b'').hexdigest()),
              ((b'experience,score\n',), hashlib.sha256(b'experience,score\n').hexdigest())]
     return check_function(fn, cases, why='Return `hexdigest()` (64 hex characters), not `digest()` bytes.')
+
+# %% ../nbs/00_core.ipynb
+def check_log_capacity(fn):
+    "Self-check of the log-capacity exercise: each case names the mistake it catches"
+    cases = [((1000, 8, 100), (71, 80), "right after a rotation the newest segment holds a single record: the fewest "
+                                        "kept is keep_segments - 1 full segments plus that one record."),
+             ((1050, 3, 100), (21, 30), "a segment holds whole records: 1050 bytes take 10 records of 100 bytes, the "
+                                        "50 bytes left cannot take an 11th (floor division, //)."),
+             ((100, 1, 100), (1, 1)),
+             ((1 << 20, 8, 200), (36_695, 41_936))]
+    return check_function(fn, cases, why="per segment n = segment_bytes // record_bytes; (fewest, most) = "
+                                         "((keep_segments - 1) * n + 1, keep_segments * n).")
