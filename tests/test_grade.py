@@ -18,6 +18,8 @@ ANSWERS = {
     'snoops':  ('import glob\nSEEN = glob.glob("{subs}/**/*.ipynb", recursive=True) + glob.glob("{nbs}/*.ipynb")\n'
                 'def fingerprint(data: bytes) -> str:\n    assert not SEEN, SEEN\n    return hashlib.sha256(data).hexdigest()'),
 }
+LOG_CAPACITY = ('def log_capacity(segment_bytes, keep_segments, record_bytes):\n'
+                '    n = segment_bytes // record_bytes\n    return (keep_segments - 1) * n + 1, keep_segments * n')
 
 @pytest.fixture(scope='module')
 def graded(tmp_path_factory):
@@ -28,8 +30,11 @@ def graded(tmp_path_factory):
     for student, answer in {**ANSWERS, 'empty': None}.items():
         nb = nbformat.from_dict(json.loads(json.dumps(copy)))
         if answer:
-            cell = next(c for c in nb.cells if STUB in c.source)
+            cell = next(c for c in nb.cells if STUB in c.source and 'def fingerprint' in c.source)
             cell.source = answer.format(subs=subs, nbs=REPO/'nbs')
+        if student == 'correct':   # the lab's second exercise too: full marks
+            cell = next(c for c in nb.cells if STUB in c.source and 'def log_capacity' in c.source)
+            cell.source = LOG_CAPACITY
         (subs/student).mkdir(parents=True)
         nbformat.write(nb, subs/student/LAB)
     (subs/'corrupt').mkdir()
@@ -47,7 +52,8 @@ def graded(tmp_path_factory):
 
 def test_correct_scores_full_and_wrong_gets_the_hint(graded):
     rows, out, *_ = graded
-    assert (rows['correct']['score'], rows['correct']['max']) == ('1', '1')
+    assert (rows['correct']['score'], rows['correct']['max']) == ('2', '2')
+    assert rows['wrong']['max'] == '2'   # both exercises count, the unanswered one as 0
     assert rows['wrong']['score'] == '0'
     hint = (out/'feedback'/'wrong--00_core.md').read_text()
     assert 'hexdigest()' in hint and '❌' in hint

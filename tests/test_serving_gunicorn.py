@@ -291,12 +291,14 @@ def test_fuzz_raw_http_through_gunicorn_never_5xx(one_server):
 def test_every_worker_keys_a_user_alike(tmp_path):
     "The conf draws one log salt in the master: a user's requests share one user_key whichever worker answers"
     from labkit.core import RequestLog
-    with GunicornServer(workers=2, env={'LABKIT_REQUEST_LOG': str(tmp_path/'log')}) as server, ThreadPoolExecutor(8) as pool:
-        for _ in range(5):   # until both workers have answered (each writes its own metrics file when it counts)
+    env = {'LABKIT_REQUEST_LOG': str(tmp_path/'log'), 'LABKIT_WORKER_CLASS': 'sync'}   # sync: a busy worker leaves the next to the other
+    with GunicornServer(workers=2, env=env) as server, ThreadPoolExecutor(8) as pool:
+        deadline = time.monotonic() + 60
+        while True:   # until both workers have answered (each writes its own metrics file when it counts)
             list(pool.map(lambda _: http_call(server.url + '/predict', 'POST', RECORD, headers={'X-User-Id': 'u-7'}), range(40)))
             answered = {f.name for f in (server.dir/'metrics').glob('counter_*.db')}
             if all(any(str(pid) in name for name in answered) for pid in server.worker_pids()): break
-        else: pytest.fail(f'one worker answered every request: {answered}')
+            if time.monotonic() > deadline: pytest.fail(f'one worker answered every request for 60 s: {answered}')
     records = RequestLog(tmp_path/'log').records()
     assert records and len({r['user_key'] for r in records}) == 1, records[:3]
     assert all('u-7' not in json.dumps(r) for r in records)
