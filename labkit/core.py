@@ -704,7 +704,7 @@ def cpu_seconds(pids,                 # process ids; one that has ended counts 0
 
 
 # %% ../nbs/00_core.ipynb
-import fcntl, re, weakref
+import fcntl, re, typing, weakref
 from collections.abc import Mapping
 
 def _method_of(cls):
@@ -840,6 +840,17 @@ def _checked(line:tuple, problem) -> tuple:
     if why is None: why = problem(record)
     return (offset, record if why is None else None, why)
 
+
+# %% ../nbs/00_core.ipynb
+class _SegmentRead(typing.NamedTuple):
+    "What a scan read of one segment, for the next scan to go on from"
+    file: tuple      # (device, inode): a replaced file is read anew
+    problem: object  # the record check used
+    end: int         # byte offset where the lines read end
+    tail: bytes      # the (up to) 32 bytes before `end`: they must still be there
+    lines: list      # (name, offset, record, why) of the lines read
+    good: int        # how many of them are good
+
 @_method_of(RequestLog)
 def _read_segment(self:RequestLog, path:Path, problem=None) -> tuple:
     "A segment's lines as (name, offset, record, why), how many are good, and 1 if an unterminated line ends it; decodes only what was appended since the last read"
@@ -847,17 +858,17 @@ def _read_segment(self:RequestLog, path:Path, problem=None) -> tuple:
     except FileNotFoundError: return [], 0, 0    # deleted by retention while we listed
     try:
         st = os.fstat(fd); ident = (st.st_dev, st.st_ino)
-        known = self._reads.get(path.name)    # (file, problem, end of the lines read, the 32 bytes before it, lines, good ones)
-        if not (known and known[:2] == (ident, problem) and st.st_size >= known[2]
-                and os.pread(fd, len(known[3]), known[2] - len(known[3])) == known[3]):
-            known = (ident, problem, 0, b'', [], 0)   # a new file (rotation, or a segment replaced by an erasure), or another check
-        start = known[2]; data = os.pread(fd, st.st_size - start, start)
+        known = self._reads.get(path.name)
+        if not (known and (known.file, known.problem) == (ident, problem) and st.st_size >= known.end
+                and os.pread(fd, len(known.tail), known.end - len(known.tail)) == known.tail):
+            known = _SegmentRead(ident, problem, 0, b'', [], 0)   # a new file (rotation, or replaced by an erasure), or another check
+        data = os.pread(fd, st.st_size - known.end, known.end)
     finally: os.close(fd)
-    new, end = _parse_lines(data, start)
+    new, end = _parse_lines(data, known.end)
     if problem is not None: new = [_checked(line, problem) for line in new]
-    lines, good = known[4] + [(path.name, *line) for line in new], known[5] + sum(why is None for *_, why in new)
-    self._reads[path.name] = (ident, problem, end, (known[3] + data[:end - start])[-32:], lines, good)
-    return lines, good, int(end < start + len(data))
+    lines, good = known.lines + [(path.name, *line) for line in new], known.good + sum(why is None for *_, why in new)
+    self._reads[path.name] = _SegmentRead(ident, problem, end, (known.tail + data[:end - known.end])[-32:], lines, good)
+    return lines, good, int(end < known.end + len(data))
 
 # %% ../nbs/00_core.ipynb
 @_method_of(RequestLog)
