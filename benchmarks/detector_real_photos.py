@@ -2,9 +2,9 @@
 beside the shipped one, fine-tuned with real-photo backgrounds and negatives (stage 2).
 
 Run from the repository root:  python benchmarks/detector_real_photos.py [--conf 0.25] [--n-scenes 500] [--device cpu]
-The held-out photos (ultralytics' bus.jpg and zidane.jpg, scikit-image's astronaut, coffee and chelsea) were never
-trained on; they show none of the five shapes, so every box on them is false. Each photo is also cut into 2x2 and 3x3
-tiles and mirrored: 28 views a photo. Synthetic mAP50 is measured on scenes drawn with the held-out seed.
+The 20 held-out photos (ultralytics' bus.jpg and zidane.jpg, scikit-image's astronaut, coffee and chelsea, and the
+15 Debian desktop backgrounds copied into data/yolo/heldout/) were never trained on; they show none of the five
+shapes, so every box on them is false. Each photo is also cut into 2x2 and 3x3 tiles and mirrored: 28 views a photo. Synthetic mAP50 is measured on scenes drawn with the held-out seed.
 Prints one JSON object per detector, then a table.
 """
 import argparse, json
@@ -17,9 +17,10 @@ def main():
     ap.add_argument('--device', default='cpu')
     args = ap.parse_args()
     from labkit.core import asset, sha256_file
-    from labkit.docker_yolo import (SYNTHETIC_ASSET, WEIGHTS_ASSET, HELDOUT_PHOTOS, photo_file, heldout_photos,
+    from labkit.docker_yolo import (SYNTHETIC_ASSET, WEIGHTS_ASSET, HELDOUT_PHOTOS, HELDOUT_ASSET, photo_file, heldout_photos,
                                     false_detections, evaluate_detector)
-    print(json.dumps({'heldout_photos': {s: sha256_file(photo_file(s)) for s in HELDOUT_PHOTOS}}), flush=True)
+    copies = {r['source']: r['sha256'] for r in json.loads(asset(HELDOUT_ASSET).read_text())}
+    print(json.dumps({'heldout_photos': {s: sha256_file(photo_file(s)) for s in HELDOUT_PHOTOS} | copies}), flush=True)
     photos, rows = heldout_photos(), []
     for stage, name in (('stage 1: synthetic only', SYNTHETIC_ASSET), ('stage 2: + real photos (shipped)', WEIGHTS_ASSET)):
         weights = str(asset(name))
