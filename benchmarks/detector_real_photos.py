@@ -2,8 +2,8 @@
 beside the shipped one, fine-tuned with real-photo backgrounds and negatives (stage 2).
 
 Run from the repository root:  python benchmarks/detector_real_photos.py [--conf 0.25] [--n-scenes 500] [--device cpu]
-The 20 held-out photos (ultralytics' bus.jpg and zidane.jpg, scikit-image's astronaut, coffee and chelsea, and the
-15 Debian desktop backgrounds copied into data/yolo/heldout/) were never trained on; they show none of the five
+The 25 held-out photos (ultralytics' bus.jpg and zidane.jpg, scikit-image's astronaut, coffee and chelsea, and the
+20 Debian desktop backgrounds copied into data/yolo/heldout/) were never trained on; they show none of the five
 shapes, so every box on them is false. Each photo is also cut into 2x2 and 3x3 tiles and mirrored: 28 views a photo. Synthetic mAP50 is measured on scenes drawn with the held-out seed.
 Prints one JSON object per detector, then a table.
 """

@@ -332,7 +332,7 @@ def trusted_file(path,              # a file to load that can run code (.pt, pic
     elif not sha256:
         raise UntrustedFile(f"{path} lies outside the data folder and no sha256 was given for it: loading it could run "
                             f"any code it holds, so it is refused. If you made it or trust it, pass its sha256 "
-                            f"(sha256sum {path}) with --weights_sha256")
+                            f"(sha256sum {path}) with --weights-sha256")
     if (got := sha256_file(p)) != sha256.strip().lower():
         raise AssetCorrupt(f"{path} has sha256 {got[:16]}..., not the {sha256.strip()[:16]}... given: refusing to load it")
     return p

@@ -321,7 +321,7 @@ def resolve_weights(weights:str='shapes',  # 'shapes', a .pt file, or official w
             raise WeightsNeedDownload(
                 f"{p.name!r} are official Ultralytics weights: they need a download from the Ultralytics release "
                 f"assets, and this machine is offline (YOLO_OFFLINE=1). Download {p.name} where there is a network "
-                f"and pass its path (--weights /path/to/{p.name} --weights_sha256 HEX), set YOLO_OFFLINE=0 on a "
+                f"and pass its path (--weights /path/to/{p.name} --weights-sha256 HEX), set YOLO_OFFLINE=0 on a "
                 f"machine with a network, or use the shipped detector (--weights shapes).")
         return p.name   # ultralytics downloads it
     raise FileNotFoundError(f"no weights file {str(p)!r}; use 'shapes' (the shipped detector), a .pt file, "
@@ -366,7 +366,17 @@ TRAIN_PHOTOS = {  # photo -> licence: the real backgrounds and negatives of trai
     'mate-backgrounds:Aqua': 'GPL-2+ (Charles Barbin)', 'mate-backgrounds:Garden': 'GPL-2+ (Charles Barbin)',
     'mate-backgrounds:Storm': 'GPL-2+ (Sergey Nazarov)', 'plasma-workspace-wallpapers:BytheWater': 'LGPL-3 (Maciej Wiklo)',
     'plasma-workspace-wallpapers:FallenLeaf': 'LGPL-3 (Martin Klapetek)',
-    'plasma-workspace-wallpapers:summer_1am': 'LGPL-3 (Risto Saukonpää)'}
+    'plasma-workspace-wallpapers:summer_1am': 'LGPL-3 (Risto Saukonpää)',
+    'plasma-workspace-wallpapers:ColorfulCups': 'LGPL-3 (Dmitri Popov)',
+    'plasma-workspace-wallpapers:OneStandsOut': 'LGPL-3 (Risto Saukonpää)',
+    'lomiri-wallpapers-16.04:Picture_0B_by_freespace': 'CC-BY-4.0 (Trevor "Freespace")',
+    'lomiri-wallpapers-16.04:Picture_1A_by_freespace': 'CC-BY-4.0 (Trevor "Freespace")',
+    'lomiri-wallpapers-16.04:Wine_by_Jakkub_Mede': 'CC-BY-4.0 (Jakub Mede)',
+    'lomiri-wallpapers-16.04:free_by_Peter_Nerlich': 'CC-BY-SA-4.0 (Peter Nerlich)',
+    'lomiri-wallpapers-16.04:greentock_by_Peter_Nerlich': 'CC-BY-SA-4.0 (Peter Nerlich)',
+    'lomiri-wallpapers-16.04:analogpattern_by_Peter_Nerlich': 'CC-BY-SA-4.0 (Peter Nerlich)',
+    'lomiri-wallpapers-16.04:seeding_by_Clements_Engelhardt': 'CC0-1.0 (Clemens Engelhardt)',
+    'lomiri-wallpapers-16.04:friends_by_Aitzol_Berasategi': 'CC-BY-4.0 (Aitzol Berasategi)'}
 HELDOUT_PHOTOS = {  # photo -> licence: real photos never trained on, read from the installed packages
     'ultralytics:bus.jpg': 'AGPL-3.0', 'ultralytics:zidane.jpg': 'AGPL-3.0',
     'skimage:astronaut': 'public domain', 'skimage:coffee': 'CC0', 'skimage:chelsea': 'CC0'}
@@ -379,13 +389,19 @@ HELDOUT_COPIES = {  # photo -> licence: more held-out photos, from Debian packag
     'plasma-workspace-wallpapers:ColdRipple': 'LGPL-3 (Risto Saukonpää)',
     'plasma-workspace-wallpapers:DarkestHour': 'LGPL-3 (Risto Saukonpää)',
     'plasma-workspace-wallpapers:EveningGlow': 'LGPL-3 (Ian Hex)', 'plasma-workspace-wallpapers:Grey': 'LGPL-3 (Sigi Sagi)',
-    'plasma-workspace-wallpapers:Kite': 'LGPL-3 (Risto Saukonpää)', 'plasma-workspace-wallpapers:Path': 'LGPL-3 (Risto Saukonpää)'}
+    'plasma-workspace-wallpapers:Kite': 'LGPL-3 (Risto Saukonpää)', 'plasma-workspace-wallpapers:Path': 'LGPL-3 (Risto Saukonpää)',
+    'lomiri-wallpapers-16.04:Bridge_by_Sander_Klootwijk': 'CC-BY-SA-4.0 (Sander Klootwijk)',
+    'lomiri-wallpapers-16.04:Dragonfly_by_Bolly': 'CC-BY-SA-4.0 ("Bolly")',
+    'lomiri-wallpapers-16.04:aitzgorri_by_Aitzol_Berasategi': 'CC-BY-4.0 (Aitzol Berasategi)',
+    'lomiri-wallpapers-16.04:picosdeeuropa_by_Aitzol_Berasategi': 'CC-BY-4.0 (Aitzol Berasategi)',
+    'lomiri-wallpapers-16.04:life_by_Aitzol_Berasategi': 'CC-BY-4.0 (Aitzol Berasategi)'}
 _PHOTO_FOLDERS = {'sklearn': ('sklearn.datasets', 'images'), 'skimage': ('skimage.data', ''),
                   'ultralytics': ('ultralytics', 'assets'), 'matplotlib': ('matplotlib', 'mpl-data/sample_data')}
 _DISTRIBUTIONS = {'sklearn': 'scikit-learn', 'skimage': 'scikit-image', 'ultralytics': 'ultralytics-opencv-headless',
                   'matplotlib': 'matplotlib'}
 _DEBIAN_PHOTOS = {'mate-backgrounds': '/usr/share/backgrounds/mate/nature/{}.jpg',   # Debian package -> file of a name
-                  'plasma-workspace-wallpapers': '/usr/share/wallpapers/{}/contents/images/2560x1600.jpg'}
+                  'plasma-workspace-wallpapers': '/usr/share/wallpapers/{}/contents/images/2560x1600.jpg',
+                  'lomiri-wallpapers-16.04': '/usr/share/backgrounds/{}.jpg'}
 
 def photo_file(source:str) -> Path:
     "The file of a photo that ships in an installed package, named 'package:name' (e.g. 'skimage:coffee')"
@@ -647,7 +663,7 @@ def shipped_detector_note() -> str:
             f"({', '.join(SHAPE_CLASSES)}): it was trained on generated scenes, with real photos as backgrounds and "
             f"negatives, so on everyday photos it should find nothing. For people, cars, animals... download official "
             f"weights where a network is available (e.g. yolo11n.pt, 80 COCO classes) and pass them: "
-            f"--weights /path/to/yolo11n.pt --weights_sha256 HEX (sha256sum yolo11n.pt)")
+            f"--weights /path/to/yolo11n.pt --weights-sha256 HEX (sha256sum yolo11n.pt)")
 
 # %% ../nbs/01_docker_yolo.ipynb
 def detect_cli(src:str,                 # folder of images (read recursively, never written)

@@ -951,9 +951,9 @@ class SlowClients:
         return False
 
 # %% ../nbs/02_serving.ipynb
-ADMIN_TOKEN_REFUSED = ("labkit serve: --admin_token is refused: a token in the command line can be read by every user "
+ADMIN_TOKEN_REFUSED = ("labkit serve: --admin-token is refused: a token in the command line can be read by every user "
                        "of the machine (ps, /proc/PID/cmdline). Put it in the environment (LABKIT_ADMIN_TOKEN=...) "
-                       "or in a file only you can read (--admin_token_file PATH, chmod 600).")
+                       "or in a file only you can read (--admin-token-file PATH, chmod 600).")
 
 def _serve_env(registry, policy_file, admin_token_file) -> dict:
     "The environment of the service; exits with a message naming the option at fault"
@@ -962,7 +962,7 @@ def _serve_env(registry, policy_file, admin_token_file) -> dict:
     if policy_file: env['LABKIT_POLICY_FILE'] = str(Path(policy_file).resolve())
     if admin_token_file:
         try: read_admin_token(admin_token_file)
-        except (OSError, ValueError) as e: raise SystemExit(f"labkit serve: --admin_token_file: {e}") from None
+        except (OSError, ValueError) as e: raise SystemExit(f"labkit serve: --admin-token-file: {e}") from None
         if _others_may_read(admin_token_file):
             print(f"labkit serve: warning: {admin_token_file} can be read by other users: chmod 600 it", file=sys.stderr, flush=True)
         env['LABKIT_ADMIN_TOKEN_FILE'] = str(Path(admin_token_file).resolve())

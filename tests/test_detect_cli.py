@@ -45,7 +45,7 @@ def test_shipped_detector_note(images, tmp_path):
     assert len(note) == 1, r.stderr
     assert all(c in note[0] for c in SHAPE_CLASSES) and '--weights /path/to/yolo11n.pt' in note[0], note
     mine = tmp_path/'mine.pt'; shutil.copyfile(data_dir()/'yolo'/'shapes_yolo11n.pt', mine)
-    r = labkit('detect', images, tmp_path/'o2', '--weights', mine, '--weights_sha256', sha256_file(mine), '--device', 'cpu', '--quiet')
+    r = labkit('detect', images, tmp_path/'o2', '--weights', mine, '--weights-sha256', sha256_file(mine), '--device', 'cpu', '--quiet')
     assert r.returncode == EXIT_SKIPPED and 'knows only' not in r.stderr, r.stderr[-2000:]
 
 def test_clean_folder_exits_zero(tmp_path):
@@ -94,15 +94,15 @@ def test_tampered_weights_never_run(images, tmp_path, tampered_data, how):
     args = {'shipped path': ['detect', images, tmp_path/'o', '--weights', tampered_data/'yolo'/'shapes_yolo11n.pt'],
             'shipped name': ['detect', images, tmp_path/'o', '--weights', 'shapes'],
             'path outside': ['detect', images, tmp_path/'o', '--weights', outside],
-            'sha256 given': ['detect', images, tmp_path/'o', '--weights', outside, '--weights_sha256', sha256_file(outside)],
+            'sha256 given': ['detect', images, tmp_path/'o', '--weights', outside, '--weights-sha256', sha256_file(outside)],
             'onnx-export': ['onnx-export', tmp_path/'o.onnx', '--weights', outside]}[how]
     r = subprocess.run(labkit_cmd(*args, *(['--device', 'cpu', '--quiet'] if args[0] == 'detect' else [])),
                        capture_output=True, text=True, timeout=600, env={**os.environ, 'LABKIT_DATA': str(tampered_data)})
     assert not marker.exists(), f"the pickle payload ran ({how})"
     assert r.returncode == EXIT_ERROR, (r.returncode, r.stderr[-2000:])
     assert 'Traceback' not in r.stderr, r.stderr[-2000:]
-    assert {'shipped path': 'refusing to load', 'shipped name': 'refusing to load', 'path outside': '--weights_sha256',
-            'sha256 given': 'error', 'onnx-export': '--weights_sha256'}[how] in r.stderr, r.stderr[-2000:]
+    assert {'shipped path': 'refusing to load', 'shipped name': 'refusing to load', 'path outside': '--weights-sha256',
+            'sha256 given': 'error', 'onnx-export': '--weights-sha256'}[how] in r.stderr, r.stderr[-2000:]
     assert not (tmp_path/'o').exists() and not (tmp_path/'o.onnx').exists()
 
 def test_own_weights_load_with_their_sha256(tmp_path):

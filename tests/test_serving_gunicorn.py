@@ -226,7 +226,7 @@ def test_sigterm_stops_labkit_serve_and_what_it_started(workers, tmp_path):
 def test_admin_token_on_the_command_line_is_refused():
     r = subprocess.run(labkit_cmd('serve', '--port', free_port(), '--admin_token', 'top-secret'), capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
-    assert 'LABKIT_ADMIN_TOKEN' in r.stderr and '--admin_token_file' in r.stderr, r.stderr
+    assert 'LABKIT_ADMIN_TOKEN' in r.stderr and '--admin-token-file' in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr, r.stderr
 
 def test_admin_token_from_a_file_never_in_a_command_line(tmp_path):
@@ -245,7 +245,7 @@ def test_admin_token_from_a_file_never_in_a_command_line(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0]
     assert 'can be read by other users' in out, out[-2000:]
-    missing = subprocess.run(labkit_cmd('serve', '--port', free_port(), '--admin_token_file', tmp_path/'nope'), capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(labkit_cmd('serve', '--port', free_port(), '--admin-token-file', tmp_path/'nope'), capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and 'nope' in missing.stderr and 'Traceback' not in missing.stderr, missing.stderr
 
 # ---- raw HTTP fuzzed through gunicorn --------------------------------------------------------------------------------
