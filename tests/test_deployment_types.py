@@ -157,14 +157,14 @@ def _stopped_holding_messages(proc, r, consumer:str, timeout:float=30) -> list:
 def test_a_consumer_killed_mid_stream_loses_nothing(broker):
     r, reqs = redis_client(broker.port), hiring_requests(300)
     publish(r, reqs)
-    consume_cmd = lambda name: labkit_cmd('stream-consume', '--port', broker.port, '--consumer', name, '--delay', 0.01, '--idle-exit', 3)
-    first, second = subprocess.Popen(consume_cmd('c1'), stdout=subprocess.DEVNULL, start_new_session=True), None
+    consume_cmd = lambda name, delay: labkit_cmd('stream-consume', '--port', broker.port, '--consumer', name, '--delay', delay, '--idle-exit', 3)
+    first, second = subprocess.Popen(consume_cmd('c1', 0.02), stdout=subprocess.DEVNULL, start_new_session=True), None   # 6 s of work: not drained before it is stopped
     try:
         wait_until(lambda: r.hlen(RESULTS) >= 20, 60, "c1's first committed batch", first)
         held = _stopped_holding_messages(first, r, 'c1')      # killed mid-batch: read, not yet committed
         first.kill(); first.wait()
         assert len(r.xpending_range(STREAM, GROUP, '-', '+', 100, consumername='c1')) == len(held)
-        second = subprocess.Popen(consume_cmd('c2'), stdout=subprocess.DEVNULL, start_new_session=True)
+        second = subprocess.Popen(consume_cmd('c2', 0.01), stdout=subprocess.DEVNULL, start_new_session=True)
         wait_until(lambda: r.hlen(RESULTS) == len(reqs), 90, f'{len(reqs)} results after the kill', second)
         assert second.wait(timeout=30) == 0
     finally:
