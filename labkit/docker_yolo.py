@@ -8,10 +8,10 @@ __all__ = ['SHAPE_CLASSES', 'TRAIN_SEED', 'HELDOUT_SEED', 'WEIGHTS_ASSET', 'SYNT
            'textured_background', 'shape_polygon', 'render_scene', 'show_boxes', 'yolo_label_lines',
            'make_shapes_dataset', 'train_detector', 'train_command', 'train_cli', 'WeightsNeedDownload',
            'resolve_weights', 'load_detector', 'evaluate_detector', 'photo_file', 'read_photo', 'write_photos',
-           'copied_photos', 'training_photos', 'photo_background', 'photo_whole', 'heldout_photos', 'photo_views',
-           'false_detections', 'DetectError', 'DetectReport', 'read_image', 'detect_dir', 'make_image_folder',
-           'shipped_detector_note', 'detect_cli', 'dockerfile_text', 'image_layers', 'check_box_iou',
-           'check_false_per_image']
+           'copied_photos', 'training_photos', 'photo_background', 'photo_whole', 'photo_tile', 'add_distractors',
+           'heldout_photos', 'photo_views', 'false_detections', 'DetectError', 'DetectReport', 'read_image',
+           'detect_dir', 'make_image_folder', 'shipped_detector_note', 'detect_cli', 'dockerfile_text', 'image_layers',
+           'check_box_iou', 'check_false_per_image']
 
 # %% ../nbs/01_docker_yolo.ipynb
 import csv, functools, json, math, os, re, shutil, subprocess, sys, tempfile, time
@@ -156,9 +156,13 @@ def _photos() -> tuple: return tuple(training_photos())   # read once per proces
 def _draw(kind:str, rng, size:int):
     "(image, boxes) of one training image: a synthetic scene, shapes on a real photo, or a bare real photo"
     if kind == 'scene': return render_scene(rng, size)
-    if kind == 'negative' and rng.random() < 0.5: return Image.fromarray(photo_whole(rng, _photos(), size)), np.zeros((0, 5), int)
-    bg = photo_background(rng, _photos(), size)
-    return render_scene(rng, size, background=bg) if kind == 'photo' else (Image.fromarray(bg), np.zeros((0, 5), int))
+    photos = _photos()
+    if kind == 'negative':   # a whole photo, one of its tiles (as `false_detections` shows them) or a square crop
+        u = rng.random()
+        view = (photo_whole if u < 1/3 else photo_tile if u < 2/3 else photo_background)(rng, photos, size)
+        return Image.fromarray(add_distractors(rng, view, photos) if rng.random() < 0.5 else view), np.zeros((0, 5), int)
+    bg = photo_background(rng, photos, size)
+    return render_scene(rng, size, background=add_distractors(rng, bg, photos) if rng.random() < 0.3 else bg)
 
 def _write_scene(job):
     "Render image `index` of `split` and `kind` and write its image and label file (a worker's unit of work)"
@@ -492,6 +496,47 @@ def photo_whole(rng,           # numpy Generator
     img = Image.fromarray(photos[int(rng.integers(len(photos)))]); img.thumbnail((size, size), Image.BILINEAR)
     view = np.asarray(img, np.float32)
     return _jitter(rng, view[:, ::-1] if rng.random() < 0.5 else view)
+
+def photo_tile(rng,           # numpy Generator
+               photos:list,   # RGB arrays to pick from
+               size:int=320   # longest side of the view
+              ) -> np.ndarray:
+    "One tile of a real photo's 2x2 or 3x3 grid (as `photo_views` cuts it), longest side `size`, maybe mirrored, colour-jittered"
+    img = photos[int(rng.integers(len(photos)))]
+    n = int(rng.integers(2, 4)); h, w = img.shape[0] // n, img.shape[1] // n
+    i, j = (int(k) for k in rng.integers(n, size=2))
+    tile = Image.fromarray(img[i*h:(i+1)*h, j*w:(j+1)*w]); tile.thumbnail((size, size), Image.BILINEAR)
+    view = np.asarray(tile, np.float32)
+    return _jitter(rng, view[:, ::-1] if rng.random() < 0.5 else view)
+
+def _blob(rng, cx:float, cy:float, r:float) -> list:
+    "Vertices of an irregular polygon around (cx, cy): 7-12 corners at random angles and radii, none of the shapes"
+    k = int(rng.integers(7, 13))
+    angles, radii = np.sort(rng.uniform(0, 2*np.pi, k)), r * rng.uniform(0.35, 1.0, k)
+    return [(float(cx + q*np.cos(a)), float(cy + q*np.sin(a))) for a, q in zip(angles, radii)]
+
+def add_distractors(rng,            # numpy Generator
+                    view:np.ndarray, # uint8 HxWx3 image to draw on (not changed)
+                    photos:list,    # RGB arrays to take textures from
+                    most:int=3      # at most this many objects
+                   ) -> np.ndarray:
+    "A copy of `view` with 1 to `most` objects that are none of the shapes: irregular blobs of several colours, or of a photo's texture"
+    h, w = view.shape[:2]
+    out = Image.fromarray(view)
+    for _ in range(int(rng.integers(1, most + 1))):
+        r = float(np.exp(rng.uniform(np.log(8), np.log(max(9, 0.25*min(h, w))))))
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        mask = Image.new('L', (w, h), 0); ImageDraw.Draw(mask).polygon(_blob(rng, cx, cy, r), fill=255)
+        if rng.random() < 0.5:   # a photo's texture, scaled to the blob's size
+            src = photos[int(rng.integers(len(photos)))]; side = max(8, int(min(src.shape[:2]) * rng.uniform(0.15, 0.6)))
+            y0, x0 = int(rng.integers(0, src.shape[0] - side + 1)), int(rng.integers(0, src.shape[1] - side + 1))
+            fill = Image.fromarray(src[y0:y0+side, x0:x0+side]).resize((w, h), Image.BILINEAR)
+        else:                    # sectors of 2 to 4 colours, like a kite or a beach ball
+            ys, xs = np.mgrid[:h, :w]; angle = np.arctan2(ys - cy, xs - cx)
+            m = int(rng.integers(2, 5)); colours = rng.integers(0, 256, (m, 3)).astype(np.uint8)
+            fill = Image.fromarray(colours[((angle + np.pi) / (2*np.pi) * m * rng.integers(1, 3)).astype(int) % m])
+        out.paste(fill, (0, 0), mask)
+    return np.asarray(out)
 
 # %% ../nbs/01_docker_yolo.ipynb
 def heldout_photos(sources:dict=HELDOUT_PHOTOS, # photos read from the installed Python packages
