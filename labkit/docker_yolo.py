@@ -222,9 +222,11 @@ def train_detector(out,                     # folder for the data set, the run a
                    cache:str='ram',         # ultralytics image cache: 'ram', 'disk' or '' for none
                    plots:bool=False,        # let ultralytics draw its training plots
                    n_photo:int=0,           # extra training images: shapes on real photos
-                   n_negatives:int=0        # extra training images: bare real photos (no labels)
+                   n_negatives:int=0,       # extra training images: bare real photos (no labels)
+                   keep:str='best'          # weights returned: 'best' (the epoch validation scores best) or 'last'
                   ) -> dict:
     "Generate the shapes data set and train a YOLO detector on it; returns paths and final metrics"
+    if keep not in ('best', 'last'): raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     offline_ultralytics().update({'mlflow': False})   # no MLflow run logged into the working folder
     from ultralytics import YOLO
     out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -239,9 +241,8 @@ def train_detector(out,                     # folder for the data set, the run a
               deterministic=True, amp=False, cache=cache or False, plots=plots, project=str(out), name='run',
               exist_ok=True, verbose=False)
     run = out/'run'
-    best = run/'weights'/'best.pt'
     results = _read_results(run/'results.csv')
-    return {'weights': best, 'results_csv': run/'results.csv', 'data_yaml': data, 'device': dev,
+    return {'weights': run/'weights'/f'{keep}.pt', 'results_csv': run/'results.csv', 'data_yaml': data, 'device': dev,
             'epochs': epochs, 'data_seconds': t_data, 'seconds': _seconds(t0),
             'last_map50': float(results['metrics/mAP50(B)'].iloc[-1]) if len(results) else float('nan')}
 
@@ -291,7 +292,8 @@ def train_cli(dst:str=None,          # data folder to write the weights and log 
     start = str(asset(stage1)) if real_backgrounds else 'yolo11n.yaml'
     info = train_detector(work, n_train=n_train, n_val=n_val, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
                           device=device, seed=seed, model=start, n_photo=n_photo if real_backgrounds else 0,
-                          n_negatives=n_negatives if real_backgrounds else 0)
+                          n_negatives=n_negatives if real_backgrounds else 0,
+                          keep='last' if real_backgrounds else 'best')   # stage 2: its validation scenes cannot see false boxes on photos
     weights, log = (WEIGHTS_ASSET, 'yolo/shapes_real_results.csv') if real_backgrounds else (SYNTHETIC_ASSET, 'yolo/shapes_train_results.csv')
     (root/'yolo').mkdir(parents=True, exist_ok=True)
     for made, name in ((info['weights'], weights), (info['results_csv'], log)):
