@@ -4,13 +4,16 @@
     python benchmarks/monitoring_stack.py                          # 2 workers, 4 client threads, 2000 requests per setup
     python benchmarks/monitoring_stack.py --before HEAD~3          # the same setups with that revision's labkit, side by side
     python benchmarks/monitoring_stack.py --requests 6000 --max-seconds 900 --json bench.json
+    python benchmarks/monitoring_stack.py --interval 15 --requests 120000 --rounds 20   # the lab's own rates
 
 Four gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
   bare                 no request log;
   log                  every accepted prediction appended to a RequestLog (the serving default: no fsync);
   log+monitor          the same, plus `labkit monitor` (its own process) reading that log every second;
   log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every second.
-The monitor and the scrape run every second, 15 times the production rate: an upper bound of their cost.
+The monitor and the scrape run every `--interval` seconds: 1 by default, 15 times the lab's rate (its monitor
+and Prometheus run every 15 s), an upper bound of their cost; `--interval 15` measures them as the lab runs them
+(give each setup enough requests for several intervals).
 The load alternates between the setups in rounds, so that all see the same machine load; while one setup is
 measured, the watchers (monitor, Prometheus) of the others are paused (SIGSTOP), so each setup pays only for
 its own, and the order of the setups changes from round to round. Throughput is noisy on a shared machine, so CPU
@@ -39,20 +42,20 @@ def labkit_at(rev:str, dst:Path) -> Path:
     with tarfile.open(dst/'labkit.tar') as t: t.extractall(dst, filter='data')
     return dst
 
-def start_monitor(work:Path, log_dir:Path, env:dict) -> LocalService:
-    "`labkit monitor` on the log, updating every second, in its own process"
+def start_monitor(work:Path, log_dir:Path, env:dict, interval:float=1) -> LocalService:
+    "`labkit monitor` on the log, updating every `interval` seconds, in its own process"
     reference = work/'reference.csv'
     if not reference.exists(): salary_reference().to_csv(reference, index=False)
     mon = LocalService('monitor', [sys.executable, '-c', MONITOR, 'monitor', str(log_dir), str(reference), '--port', '{port}',
-                                   '--window', '500', '--interval', '1'], work/f'monitor-{log_dir.name}', env=env, startup_timeout=60)
+                                   '--window', '500', '--interval', f'{interval:g}'], work/f'monitor-{log_dir.name}', env=env, startup_timeout=60)
     return mon.start()
 
-def start_prometheus(work:Path, targets:dict, name:str) -> LocalService:
-    "Prometheus scraping `targets` every second; returns once it is ready and every target is up"
+def start_prometheus(work:Path, targets:dict, name:str, interval:float=1) -> LocalService:
+    "Prometheus scraping `targets` every `interval` seconds; returns once it is ready and every target is up"
     import yaml
     data = work/f'prometheus-{name}'; data.mkdir()
     (data/'alerts.yml').write_text('groups: []\n')
-    (data/'prometheus.yml').write_text(yaml.safe_dump(prometheus_config(targets, interval=1)))
+    (data/'prometheus.yml').write_text(yaml.safe_dump(prometheus_config(targets, interval=interval)))
     prom = LocalService('prometheus', [find_program('prometheus'), f'--config.file={data}/prometheus.yml',
                                        '--storage.tsdb.path={data}/tsdb', '--web.listen-address=127.0.0.1:{port}'], data).start()
     if not wait_until_up(prom.url + '/-/ready', 60, prom.proc):   # it answers 503 while it replays its storage
@@ -77,8 +80,8 @@ def pause(services:list, stop:bool):
 
 class Setup:
     "One gunicorn server and its watchers, with the counts of its rounds"
-    def __init__(self, name:str, work:Path, code:Path=None, workers:int=2):
-        self.name, self.kind, self.work, self.watchers = name, name.split('@')[0], work, []
+    def __init__(self, name:str, work:Path, code:Path=None, workers:int=2, interval:float=1):
+        self.name, self.kind, self.work, self.watchers, self.interval = name, name.split('@')[0], work, [], interval
         self.env = {'PYTHONPATH': os.pathsep.join(p for p in [str(code) if code else '', os.environ.get('PYTHONPATH', '')] if p),
                     'LABKIT_DATA': str(data_dir())}   # an extracted revision holds no data folder of its own
         self.log_dir = work/f"requests-{name.replace('@', '-').replace('+', '-')}"
@@ -90,10 +93,10 @@ class Setup:
 
     def start(self):
         self.server.__enter__()
-        if 'monitor' in self.kind: self.watchers.append(start_monitor(self.work, self.log_dir, self.env))
+        if 'monitor' in self.kind: self.watchers.append(start_monitor(self.work, self.log_dir, self.env, self.interval))
         if 'scrape' in self.kind:
             targets = {'app': f'127.0.0.1:{self.server.port}', 'monitor': f'127.0.0.1:{self.watchers[0].port}'}
-            self.watchers.append(start_prometheus(self.work, targets, self.log_dir.name))
+            self.watchers.append(start_prometheus(self.work, targets, self.log_dir.name, self.interval))
         return self
 
     def round(self, n:int, concurrency:int):
@@ -125,13 +128,13 @@ def _descendants(pid:int) -> list:
     return out + [q for p in out for q in _descendants(p)]
 
 def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, warmup:int=200,
-          before:str=None, max_seconds:float=600) -> dict:
+          before:str=None, max_seconds:float=600, interval:float=1) -> dict:
     "Each setup's totals (with `before`: also with that revision's labkit); rounds stop once `max_seconds` have passed"
     work = Path(tempfile.mkdtemp(prefix='labkit-bench-'))
     setups, done = [], 0
     try:
         codes = {'': None} | ({f'@{before}': labkit_at(before, work/'before')} if before else {})
-        setups = [Setup(kind + tag, work, code, workers) for tag, code in codes.items() for kind in SETUPS]
+        setups = [Setup(kind + tag, work, code, workers, interval) for tag, code in codes.items() for kind in SETUPS]
         for s in setups: s.start()
         watchers = [w for s in setups for w in s.watchers]
         for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, RECORD)
@@ -173,13 +176,14 @@ def main(argv=None):
     ap.add_argument('--warmup', type=int, default=200, help='requests per setup before measuring')
     ap.add_argument('--before', default=None, help='git revision whose labkit runs the same setups, side by side')
     ap.add_argument('--max-seconds', type=float, default=600, help='no new round starts after this')
+    ap.add_argument('--interval', type=float, default=1, help="seconds between the monitor's updates and between scrapes (the lab's: 15)")
     ap.add_argument('--json', default=None)
     a = ap.parse_args(argv)
-    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds)
-    print(f"{out['rounds']} of {out['of']} rounds, {a.workers} workers, {a.concurrency} client threads, {os.cpu_count()} CPUs, "
+    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds, a.interval)
+    print(f"{out['rounds']} of {out['of']} rounds, {a.workers} workers, {a.concurrency} client threads, monitor and scrape every {a.interval:g} s, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(table(out['results']))
-    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency}
+    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval}
     print(json.dumps(out))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
     return 0 if all(r['failed'] == 0 for r in out['results'].values()) else 1
