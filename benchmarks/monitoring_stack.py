@@ -6,8 +6,10 @@
     python benchmarks/monitoring_stack.py --requests 6000 --max-seconds 900 --json bench.json
     python benchmarks/monitoring_stack.py --interval 15 --requests 120000 --rounds 20   # the lab's own rates
 
-Four gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
+Five gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
   bare                 no request log;
+  bare-again           a second bare server of the same code: how far two identical servers differ, the
+                       table's noise floor (a setup within it of bare is not measurably slower);
   log                  every accepted prediction appended to a RequestLog (the serving default: no fsync);
   log+monitor          the same, plus `labkit monitor` (its own process) reading that log every second;
   log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every second.
@@ -30,7 +32,7 @@ from labkit.monitoring_stack import prometheus_config, salary_reference, wait_un
 from labkit.serving import GunicornServer, load_test
 
 RECORD = {'experience': 5, 'test_score': 8, 'interview_score': 7}
-SETUPS = ('bare', 'log', 'log+monitor', 'log+monitor+scrape')
+SETUPS = ('bare', 'bare-again', 'log', 'log+monitor', 'log+monitor+scrape')
 MONITOR = 'import sys; from labkit.cli import main; sys.exit(main())'
 
 def labkit_at(rev:str, dst:Path) -> Path:
@@ -86,7 +88,7 @@ class Setup:
                     'LABKIT_DATA': str(data_dir())}   # an extracted revision holds no data folder of its own
         self.log_dir = work/f"requests-{name.replace('@', '-').replace('+', '-')}"
         env = {'LABKIT_DATA': self.env['LABKIT_DATA']} | ({'GUNICORN_CMD_ARGS': f'--pythonpath {code}'} if code else {})   # first on the workers' sys.path
-        if self.kind != 'bare': env['LABKIT_REQUEST_LOG'] = str(self.log_dir)
+        if not self.kind.startswith('bare'): env['LABKIT_REQUEST_LOG'] = str(self.log_dir)
         self.server = GunicornServer(workers=workers, env=env)
         self.totals = {'ok': 0, 'failed': 0, 'seconds': 0.0, 'app_cpu': 0.0, 'watch_cpu': 0.0}
         self.per_round = []   # (app, total) CPU ms per request of each round
