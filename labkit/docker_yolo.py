@@ -529,7 +529,7 @@ def add_distractors(rng,            # numpy Generator
         r = float(np.exp(rng.uniform(np.log(8), np.log(max(9, 0.25*min(h, w))))))
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         mask = Image.new('L', (w, h), 0); ImageDraw.Draw(mask).polygon(_blob(rng, cx, cy, r), fill=255)
-        if rng.random() < 0.5:   # a photo's texture, scaled to the blob's size
+        if rng.random() < 0.5:   # a photo's texture: a crop stretched over the view, seen through the blob
             src = photos[int(rng.integers(len(photos)))]; side = max(8, int(min(src.shape[:2]) * rng.uniform(0.15, 0.6)))
             y0, x0 = int(rng.integers(0, src.shape[0] - side + 1)), int(rng.integers(0, src.shape[1] - side + 1))
             fill = Image.fromarray(src[y0:y0+side, x0:x0+side]).resize((w, h), Image.BILINEAR)
