@@ -11,8 +11,8 @@ Five gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0
   bare-again           a second bare server of the same code: how far two identical servers differ, the
                        table's noise floor (a setup within it of bare is not measurably slower);
   log                  every accepted prediction appended to a RequestLog (the serving default: no fsync);
-  log+monitor          the same, plus `labkit monitor` (its own process) reading that log every second;
-  log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every second.
+  log+monitor          the same, plus `labkit monitor` (its own process) reading that log every `--interval` s;
+  log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every `--interval` s.
 The monitor and the scrape run every `--interval` seconds: 1 by default, 15 times the lab's rate (its monitor
 and Prometheus run every 15 s), an upper bound of their cost; `--interval 15` measures them as the lab runs them
 (give each setup enough requests for several intervals).

@@ -495,8 +495,12 @@ def photo_whole(rng,           # numpy Generator
                 size:int=320   # longest side of the view
                ) -> np.ndarray:
     "A whole real photo, its longest side `size`, maybe mirrored, colour-jittered: as the detector sees a photo"
-    img = Image.fromarray(photos[int(rng.integers(len(photos)))]); img.thumbnail((size, size), Image.BILINEAR)
-    view = np.asarray(img, np.float32)
+    return _fitted_view(rng, photos[int(rng.integers(len(photos)))], size)
+
+def _fitted_view(rng, img:np.ndarray, size:int) -> np.ndarray:
+    "`img` shrunk (never enlarged) to a longest side of `size`, aspect kept, maybe mirrored, colour-jittered"
+    thumb = Image.fromarray(img); thumb.thumbnail((size, size), Image.BILINEAR)
+    view = np.asarray(thumb, np.float32)
     return _jitter(rng, view[:, ::-1] if rng.random() < 0.5 else view)
 
 def photo_tile(rng,           # numpy Generator
@@ -507,9 +511,7 @@ def photo_tile(rng,           # numpy Generator
     img = photos[int(rng.integers(len(photos)))]
     n = int(rng.integers(2, 4)); h, w = img.shape[0] // n, img.shape[1] // n
     i, j = (int(k) for k in rng.integers(n, size=2))
-    tile = Image.fromarray(img[i*h:(i+1)*h, j*w:(j+1)*w]); tile.thumbnail((size, size), Image.BILINEAR)
-    view = np.asarray(tile, np.float32)
-    return _jitter(rng, view[:, ::-1] if rng.random() < 0.5 else view)
+    return _fitted_view(rng, img[i*h:(i+1)*h, j*w:(j+1)*w], size)
 
 def _blob(rng, cx:float, cy:float, r:float) -> list:
     "Vertices of an irregular polygon around (cx, cy): 7-12 corners at random angles and radii, none of the shapes"
