@@ -5,6 +5,7 @@
     python benchmarks/monitoring_stack.py --before HEAD~3          # the same setups with that revision's labkit, side by side
     python benchmarks/monitoring_stack.py --requests 6000 --max-seconds 900 --json bench.json
     python benchmarks/monitoring_stack.py --interval 15 --requests 120000 --rounds 20   # the lab's own rates
+    python benchmarks/monitoring_stack.py --rows 16      # batch requests of 16 rows: the log writes each batch at once
 
 Five gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0.0.1:
   bare                 no request log;
@@ -82,8 +83,8 @@ def pause(services:list, stop:bool):
 
 class Setup:
     "One gunicorn server and its watchers, with the counts of its rounds"
-    def __init__(self, name:str, work:Path, code:Path=None, workers:int=2, interval:float=1):
-        self.name, self.kind, self.work, self.watchers, self.interval = name, name.split('@')[0], work, [], interval
+    def __init__(self, name:str, work:Path, code:Path=None, workers:int=2, interval:float=1, body=RECORD):
+        self.name, self.kind, self.work, self.watchers, self.interval, self.body = name, name.split('@')[0], work, [], interval, body
         self.env = {'PYTHONPATH': os.pathsep.join(p for p in [str(code) if code else '', os.environ.get('PYTHONPATH', '')] if p),
                     'LABKIT_DATA': str(data_dir())}   # an extracted revision holds no data folder of its own
         self.log_dir = work/f"requests-{name.replace('@', '-').replace('+', '-')}"
@@ -106,7 +107,7 @@ class Setup:
         app = [self.server.proc.pid] + self.server.worker_pids()
         watch = [p for s in self.watchers for p in [s.proc.pid] + _descendants(s.proc.pid)]
         c0, w0, t0 = cpu_ns(app), cpu_ns(watch), time.perf_counter()
-        r = load_test(self.server.url + '/predict', n, concurrency, RECORD)
+        r = load_test(self.server.url + '/predict', n, concurrency, self.body)
         self.totals['seconds'] += time.perf_counter() - t0
         self.totals['app_cpu'] += (cpu_ns(app) - c0) / 1e9; self.totals['watch_cpu'] += (cpu_ns(watch) - w0) / 1e9
         self.totals['ok'] += r['ok']; self.totals['failed'] += r['failed']
@@ -130,16 +131,17 @@ def _descendants(pid:int) -> list:
     return out + [q for p in out for q in _descendants(p)]
 
 def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, warmup:int=200,
-          before:str=None, max_seconds:float=600, interval:float=1) -> dict:
+          before:str=None, max_seconds:float=600, interval:float=1, rows:int=1) -> dict:
     "Each setup's totals (with `before`: also with that revision's labkit); rounds stop once `max_seconds` have passed"
     work = Path(tempfile.mkdtemp(prefix='labkit-bench-'))
     setups, done = [], 0
     try:
         codes = {'': None} | ({f'@{before}': labkit_at(before, work/'before')} if before else {})
-        setups = [Setup(kind + tag, work, code, workers, interval) for tag, code in codes.items() for kind in SETUPS]
+        body = RECORD if rows == 1 else [RECORD] * rows   # one record, or a batch of `rows`
+        setups = [Setup(kind + tag, work, code, workers, interval, body) for tag, code in codes.items() for kind in SETUPS]
         for s in setups: s.start()
         watchers = [w for s in setups for w in s.watchers]
-        for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, RECORD)
+        for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, s.body)
         end = time.monotonic() + max_seconds
         order = random.Random(0)
         for done in range(1, rounds + 1):
@@ -179,13 +181,14 @@ def main(argv=None):
     ap.add_argument('--before', default=None, help='git revision whose labkit runs the same setups, side by side')
     ap.add_argument('--max-seconds', type=float, default=600, help='no new round starts after this')
     ap.add_argument('--interval', type=float, default=1, help="seconds between the monitor's updates and between scrapes (the lab's: 15)")
+    ap.add_argument('--rows', type=int, default=1, help='records per /predict request (more than 1: a batch)')
     ap.add_argument('--json', default=None)
     a = ap.parse_args(argv)
-    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds, a.interval)
-    print(f"{out['rounds']} of {out['of']} rounds, {a.workers} workers, {a.concurrency} client threads, monitor and scrape every {a.interval:g} s, {os.cpu_count()} CPUs, "
+    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds, a.interval, a.rows)
+    print(f"{out['rounds']} of {out['of']} rounds, {a.rows} row(s) per request, {a.workers} workers, {a.concurrency} client threads, monitor and scrape every {a.interval:g} s, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(table(out['results']))
-    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval}
+    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval, 'rows': a.rows}
     print(json.dumps(out))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
     return 0 if all(r['failed'] == 0 for r in out['results'].values()) else 1

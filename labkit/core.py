@@ -13,8 +13,8 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'seed_everything', 'digits_data', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
-           'close', 'append', 'scan', 'records', 'CheckResult', 'check_values', 'call_student', 'check_function',
-           'check_fingerprint', 'check_log_capacity']
+           'close', 'append', 'extend', 'scan', 'records', 'CheckResult', 'check_values', 'call_student',
+           'check_function', 'check_fingerprint', 'check_log_capacity']
 
 # %% ../nbs/00_core.ipynb
 import errno, hashlib, json, os, random, shutil, signal, stat, struct, subprocess, sys, tempfile, threading, time, importlib.util
@@ -808,16 +808,32 @@ def _append_line(self:RequestLog, line:bytes):
     self._end = st.st_size + len(line)                          # where our own line ends: no need to look there next time
     if self.fsync: os.fsync(self._fd)
 
+def _encoded(record, where:str) -> bytes:
+    "One record as its log line, newline included; a TypeError naming `where` it came from for anything but a mapping"
+    if not isinstance(record, Mapping): raise TypeError(f"{where}: a record is a dict (or other mapping); got {type(record).__name__}")
+    return (_json_line(record if type(record) is dict else dict(record)) + '\n').encode()
+
 @_method_of(RequestLog)
-def append(self:RequestLog, record:Mapping):
-    "Append one record (a JSON-serialisable dict or other mapping) as one line; with `fsync`, on disk when it returns"
-    if not isinstance(record, Mapping): raise TypeError(f"RequestLog.append takes one record, a dict; got {type(record).__name__}")
-    line = (_json_line(record if type(record) is dict else dict(record)) + '\n').encode()
+def _write_lines(self:RequestLog, lines:bytes):
+    "Write whole lines with one `write`, holding this process's mutex and the log's lock"
     with self._mutex:                                           # threads of one process share its descriptors
         if self._lock_fd is None: self._lock_fd = os.open(self.path/'.lock', os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)               # other processes, and `erase_subject`'s `file_lock`
-        try: self._append_line(line)
+        try: self._append_line(lines)
         finally: fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+@_method_of(RequestLog)
+def append(self:RequestLog, record:Mapping):
+    "Append one record (a JSON-serialisable dict or other mapping) as one line; with `fsync`, on disk when it returns"
+    self._write_lines(_encoded(record, 'RequestLog.append takes one record'))
+
+@_method_of(RequestLog)
+def extend(self:RequestLog, records:list):
+    "Append several records, one line each, with one `write` into one segment; none is written if one is not a record"
+    if isinstance(records, Mapping): raise TypeError("RequestLog.extend takes a list of records; got one record: use append")
+    lines = b''.join(_encoded(r, f'RequestLog.extend, record {i}') for i, r in enumerate(records))
+    if lines: self._write_lines(lines)
+
 
 # %% ../nbs/00_core.ipynb
 def _decode_line(raw:bytes) -> tuple:

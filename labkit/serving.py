@@ -489,7 +489,7 @@ class ServingState:
     registry: ModelRegistry        # the versions it serves
     router: Router                 # which version answers each request
     metrics: dict                  # from `_make_metrics`
-    request_log: object = None     # gets one record per accepted row (anything with `append`)
+    request_log: object = None     # gets the records of each accepted request (anything with `extend`: a list, a RequestLog)
     shadow_log: deque = None       # the last shadow answers, beside the live ones
     admin_token: str|None = None   # bearer token of the /admin routes; None: admin off
     max_batch: int = MAX_BATCH     # records in one request
@@ -609,13 +609,13 @@ def _record_requests(state:ServingState,
                      inputs:list,      # the records as received, one per row
                      preds:list,       # the predictions returned
                      rid:str, ts:str): # the request's id and time
-    "One request-log record per predicted row; a log that fails makes the request a 503 (not recorded, not accepted)"
+    "The request's records, one per predicted row, in one write; a log that fails makes the request a 503 (not recorded, not accepted)"
     try:
-        for rec, p in zip(inputs, preds):
-            state.request_log.append({'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
-                                      'user_key': user_key(user_id, state.log_salt), 'inputs': rec, 'prediction': p})
+        key = user_key(user_id, state.log_salt)
+        state.request_log.extend([{'timestamp': ts, 'request_id': rid, 'version': route.version, 'role': route.role,
+                                   'user_key': key, 'inputs': rec, 'prediction': p} for rec, p in zip(inputs, preds)])
     except Exception as e:   # not recorded means not accepted: the client retries, nothing is lost silently
-        log.error('request_log.append failed: %r', e)
+        log.error('request_log.extend failed: %r', e)
         raise RequestRejected(503, [problem('(server)', 'the request log is unavailable: nothing was recorded, retry later')], 'request log unavailable') from None
 
 # %% ../nbs/02_serving.ipynb
@@ -775,7 +775,7 @@ def _add_admin_routes(app:Flask, state:ServingState):
 # %% ../nbs/02_serving.ipynb
 def create_app(registry_dir=None,        # model registry folder (or an object with versions/latest/get); default `LABKIT_REGISTRY`, else the shipped one
                policy=None,              # initial Policy or dict; default: the policy file's, else the latest version live
-               request_log=None,         # object with `.append(record: dict)` for every accepted row; default: a RequestLog in `LABKIT_REQUEST_LOG`
+               request_log=None,         # object with `.extend(records: list)`, one dict per accepted row, called once per request; default: a RequestLog in `LABKIT_REQUEST_LOG`
                policy_file=None,         # JSON file holding the policy, watched; default `LABKIT_POLICY_FILE`
                admin_token:str=None,     # bearer token of the /admin routes; default `LABKIT_ADMIN_TOKEN`, else `LABKIT_ADMIN_TOKEN_FILE` (neither: admin off)
                max_batch:int=MAX_BATCH,  # records in one request

@@ -51,17 +51,21 @@ def sample(text:str, name:str, **labels) -> float:
 
 # --- the request log -------------------------------------------------------------------------------------
 
+def _in_forked_workers(target, log, n:int, beside=None):
+    "Run `target(log, worker, n)` in 4 forked processes (and `beside()` in this one meanwhile); all must exit 0 within 60 s"
+    procs = [mp.get_context('fork').Process(target=target, args=(log, w, n)) for w in range(4)]
+    for p in procs: p.start()
+    if beside: beside()
+    for p in procs: p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+
 def _writer(log, worker, n):
     for i in range(n): log.append({'worker': worker, 'i': i, 'pad': 'x' * (i % 50)})
 
 def test_concurrent_processes_lose_and_interleave_nothing(tmp_path):
     "Forked workers share one RequestLog object (as gunicorn workers share the app): every record, whole, in order"
     log = RequestLog(tmp_path, segment_bytes=8_000, keep_segments=10_000)   # many rotations, no retention
-    ctx = mp.get_context('fork')
-    procs = [ctx.Process(target=_writer, args=(log, w, 300)) for w in range(4)]
-    for p in procs: p.start()
-    for p in procs: p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 4
+    _in_forked_workers(_writer, log, 300)
     recs = log.records()
     assert log.skipped == 0 and len(recs) == 1200
     for w in range(4): assert [r['i'] for r in recs if r['worker'] == w] == list(range(300))
@@ -71,16 +75,28 @@ def test_concurrent_processes_lose_and_interleave_nothing(tmp_path):
     for s in segs:                                                # every line is one whole JSON record
         for line in s.read_bytes().split(b'\n')[:-1]: json.loads(line)
 
+def _batch_writer(log, worker, n):
+    for b in range(n): log.extend([{'worker': worker, 'batch': b, 'row': r, 'pad': 'x' * (b % 40)} for r in range(1 + b % 7)])
+
+def test_concurrent_batches_stay_whole_and_contiguous(tmp_path):
+    "Forked workers extend one log with batches: each batch's rows are adjacent lines of one segment, none lost"
+    log = RequestLog(tmp_path, segment_bytes=6_000, keep_segments=10_000)
+    _in_forked_workers(_batch_writer, log, 150)
+    lines = log.scan()
+    assert log.skipped == 0 and len(lines) == 4 * sum(1 + b % 7 for b in range(150))
+    batches = {}
+    for name, _, r, _ in lines: batches.setdefault((r['worker'], r['batch']), []).append((name, r['row']))
+    for (w, b), rows in batches.items():
+        assert [row for _, row in rows] == list(range(1 + b % 7)) and len({name for name, _ in rows}) == 1
+    keys = [(r['worker'], r['batch']) for *_, r, _ in lines]
+    assert sum(k != prev for k, prev in zip(keys[1:], keys)) == len(batches) - 1   # never interleaved
+    assert len(log.segments()) > 5 and all(s.stat().st_size <= 6_000 for s in log.segments())
+
 def test_a_writer_that_forks_after_appending_shares_no_lock_with_its_children(tmp_path):
     "The parent's open lock and segment descriptors are dropped in each child: the children still exclude each other"
     log = RequestLog(tmp_path, segment_bytes=8_000, keep_segments=10_000)
     log.append({'worker': -1, 'i': 0, 'pad': ''})                  # the parent now holds open descriptors
-    ctx = mp.get_context('fork')
-    procs = [ctx.Process(target=_writer, args=(log, w, 300)) for w in range(4)]
-    for p in procs: p.start()
-    _writer(log, -1, 300)                                         # and keeps writing beside them
-    for p in procs: p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 4
+    _in_forked_workers(_writer, log, 300, beside=lambda: _writer(log, -1, 300))   # and keeps writing beside them
     recs = log.records()
     assert log.skipped == 0 and len(recs) == 1501
     for w in range(-1, 4): assert [r['i'] for r in recs if r['worker'] == w] == ([0] if w == -1 else []) + list(range(300))
@@ -169,7 +185,7 @@ def test_append_takes_only_a_mapping(tmp_path):
     "A list used to be logged as a line the monitor could not read"
     log = RequestLog(tmp_path, fsync=False)
     for bad in ([1, 2, 3], 'text', 7, None):
-        with pytest.raises(TypeError, match='takes one record, a dict'): log.append(bad)
+        with pytest.raises(TypeError, match='takes one record: a record is a dict'): log.append(bad)
     assert log.records() == []                                    # nothing was written
     from types import MappingProxyType
     log.append(MappingProxyType({'i': 1}))                       # any mapping is a record
