@@ -250,8 +250,9 @@ def write_student_copies(src_dir='nbs',     # folder of instructor notebooks
 
 # %% ../nbs/91_instructor.ipynb
 def _made_from(nb) -> str:
-    "Digest of a student copy's content, the stamp kept in its metadata"
-    body = {k: v for k, v in nb.items() if k != 'metadata'} | {'metadata': {k: v for k, v in nb.metadata.items() if k != 'labkit'}}
+    "Digest of a student copy's content, the stamp kept in its metadata; cell ids left out (a cell without one gets a random one at each read)"
+    body = {k: v for k, v in nb.items() if k not in ('metadata', 'cells')} | {'metadata': {k: v for k, v in nb.metadata.items() if k != 'labkit'},
+                                                                              'cells': [{k: v for k, v in cell.items() if k != 'id'} for cell in nb.cells]}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 def _stamp_of(path:Path):

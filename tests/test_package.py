@@ -32,6 +32,13 @@ def test_tensorflow_then_torch_compiler_does_not_crash():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and 'alive' in r.stdout, (r.returncode, r.stderr[-500:])
 
+def test_every_notebook_cell_has_an_id():
+    "A cell without an id gets a random one at each read: its notebook's student copy would look changed every time"
+    import json
+    missing = [f"{path.name} cell {i}" for path in sorted((REPO/'nbs').glob('*.ipynb'))
+               for i, cell in enumerate(json.loads(path.read_text())['cells']) if not cell.get('id')]
+    assert not missing, f"cells without an id (give each a unique one): {missing}"
+
 def test_notebooks_store_no_widget_state_and_small_figures():
     "Stored outputs stay small: no widget state in any notebook, no stored figure over 150 KB"
     import base64, json
