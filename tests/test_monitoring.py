@@ -54,10 +54,14 @@ def sample(text:str, name:str, **labels) -> float:
 def _in_forked_workers(target, log, n:int, beside=None):
     "Run `target(log, worker, n)` in 4 forked processes (and `beside()` in this one meanwhile); all must exit 0 within 60 s"
     procs = [mp.get_context('fork').Process(target=target, args=(log, w, n)) for w in range(4)]
-    for p in procs: p.start()
-    if beside: beside()
-    for p in procs: p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 4
+    try:
+        for p in procs: p.start()
+        if beside: beside()
+        for p in procs: p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4
+    finally:
+        for p in procs:
+            if p.is_alive(): p.kill()                             # one stuck past its deadline is not left behind
 
 def _writer(log, worker, n):
     for i in range(n): log.append({'worker': worker, 'i': i, 'pad': 'x' * (i % 50)})
