@@ -13,7 +13,7 @@ __all__ = ['EXIT_OK', 'EXIT_ERROR', 'EXIT_SKIPPED', 'MANIFEST', 'IMAGE_MAX_PIXEL
            'seed_everything', 'digits_data', 'progress', 'group_alive', 'stop_child', 'run_child', 'signals_interrupt',
            'interrupted_exit_code', 'free_port', 'port_open', 'ServiceUnavailable', 'find_program', 'wait_for_port',
            'LocalService', 'http_call', 'wait_until_up', 'child_pids', 'cpu_seconds', 'RequestLog', 'file_lock',
-           'close', 'append', 'extend', 'scan', 'records', 'CheckResult', 'check_values', 'call_student',
+           'close', 'append', 'extend', 'scan', 'records', 'erase', 'CheckResult', 'check_values', 'call_student',
            'check_function', 'check_fingerprint', 'check_log_capacity']
 
 # %% ../nbs/00_core.ipynb
@@ -721,10 +721,10 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 _json_line = json.JSONEncoder(separators=(',', ':'), default=_json_default).encode   # one encoder, built once
-_logs_open = weakref.WeakSet()   # logs holding descriptors: a forked child drops its copies (`_after_fork`)
+_logs_open = weakref.WeakSet()   # logs that may hold a segment: a forked child lets go of its copies (`_after_fork`)
 
 class RequestLog:
-    "Bounded, append-only log of JSON records in segment files; safe across processes and crashes"
+    "Bounded, append-only log of JSON records in segment files, each written by one writer; safe across processes and crashes"
     _name = re.compile(r'^segment-(\d{8})\.jsonl$')
     def __init__(self, path,                   # folder of the segment files (created if absent)
                  segment_bytes:int=1<<20,      # a segment is closed once it reaches this size
@@ -733,8 +733,8 @@ class RequestLog:
         self.path, self.segment_bytes, self.keep_segments, self.fsync = Path(path), segment_bytes, keep_segments, fsync
         self.path.mkdir(parents=True, exist_ok=True)
         self.skipped = 0   # torn or unreadable lines met by the last read
-        self._mutex, self._lock_fd, self._fd, self._end = threading.Lock(), None, None, -1   # this process's; opened by the first append
-        self._reads = {}   # what the last scan read of each segment: the next decodes only what was appended since
+        self._mutex, self._fd, self._size = threading.Lock(), None, 0   # this writer's segment (claimed by its first append) and its size
+        self._reads, self._erasures = {}, None   # what the last scan read of each segment, and the erasure stamp it saw
         _logs_open.add(self)
 
     def __repr__(self): return f"RequestLog({str(self.path)!r}, {len(self.segments())} segments)"
@@ -763,12 +763,16 @@ def _fsync_dir(path:Path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def _try_lock(fd:int) -> bool:
+    "Take an exclusive flock on `fd` unless another descriptor holds one: True, or False at once"
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+    except BlockingIOError: return False
+
 @_method_of(RequestLog)
 def close(self:RequestLog):
-    "Close this process's descriptors (the next `append` opens them again)"
-    for fd in (self._lock_fd, self._fd):
-        if fd is not None: os.close(fd)
-    self._lock_fd, self._fd, self._end = None, None, -1
+    "Let go of this writer's segment (the next `append` claims one again)"
+    if self._fd is not None: os.close(self._fd)   # closing the descriptor releases the segment's flock
+    self._fd, self._size = None, 0
 
 @_method_of(RequestLog)
 def __del__(self:RequestLog):
@@ -776,37 +780,44 @@ def __del__(self:RequestLog):
     except (OSError, AttributeError): pass   # interpreter shutdown, or `__init__` failed half-way
 
 def _after_fork():
-    "In a forked child: forget the parent's descriptors (a lock shared with it would exclude nobody) and mutexes"
+    "In a forked child: let go of the parent's segments (their flocks stay the parent's) and mutexes"
     for log in list(_logs_open): log.close(); log._mutex = threading.Lock()
 
 os.register_at_fork(after_in_child=_after_fork)
 
 # %% ../nbs/00_core.ipynb
-@_method_of(RequestLog)
-def _open_newest(self:RequestLog, need:int):
-    "Under the lock: open the newest segment, or the next one (then apply retention) when `need` more bytes do not fit"
-    if self._fd is not None: os.close(self._fd); self._fd = None
-    segs = self.segments()
-    seg = segs[-1] if segs else self._segment(1)
-    if segs and (size := seg.stat().st_size) and size + need > self.segment_bytes:
-        seg = self._segment(int(self._name.match(seg.name)[1]) + 1)
-    new_file = not seg.exists()
-    self._fd, self._end = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644), -1
-    if new_file:
-        if self.fsync: _fsync_dir(self.path)              # the new file's name is durable too
-        for old in self.segments()[:-self.keep_segments]: old.unlink(missing_ok=True)
+def _take_over(path:Path):
+    "(descriptor, size) of segment `path`, its torn last line ended, if no writer holds it; else None"
+    try: fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError: return None
+    if not _try_lock(fd): os.close(fd); return None
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b'\n': _write_all(fd, b'\n'); size += 1   # end a line torn by a crash
+    return fd, size
 
 @_method_of(RequestLog)
-def _append_line(self:RequestLog, line:bytes):
-    "Under the lock: write one line at the end of the newest segment; its descriptor stays open for the next"
-    st = os.fstat(self._fd) if self._fd is not None else None
-    if st is None or st.st_nlink == 0 or (st.st_size and st.st_size + len(line) > self.segment_bytes):
-        self._open_newest(len(line)); st = os.fstat(self._fd)   # first append, deleted or rewritten (nlink 0), or full
-    if st.st_size and st.st_size != self._end and os.pread(self._fd, 1, st.st_size - 1) != b'\n':
-        line = b'\n' + line                                     # end a line torn by a crash
-    _write_all(self._fd, line)
-    self._end = st.st_size + len(line)                          # where our own line ends: no need to look there next time
-    if self.fsync: os.fsync(self._fd)
+def _retain(self:RequestLog):
+    "Under the folder's lock: delete the segments older than the newest `keep_segments`, except those a writer holds"
+    for old in self.segments()[:-self.keep_segments]:
+        try: fd = os.open(old, os.O_RDONLY)
+        except FileNotFoundError: continue
+        try:
+            if _try_lock(fd): old.unlink()        # one still held goes at a later rotation, once its writer let go
+        finally: os.close(fd)
+
+@_method_of(RequestLog)
+def _claim(self:RequestLog, need:int):
+    "Under the folder's lock: take over the newest segment if no writer holds it and `need` bytes fit, else start the next"
+    self.close()
+    segs = self.segments()
+    if segs and (taken := _take_over(segs[-1])):
+        if taken[1] == 0 or taken[1] + need <= self.segment_bytes: self._fd, self._size = taken; return
+        os.close(taken[0])
+    seg = self._segment(int(self._name.match(segs[-1].name)[1]) + 1 if segs else 1)
+    self._fd, self._size = os.open(seg, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), 0
+    _try_lock(self._fd)                                         # a new file, under the folder's lock: nobody else holds it
+    if self.fsync: _fsync_dir(self.path)                        # the new file's name is durable too
+    self._retain()
 
 def _encoded(record, where:str) -> bytes:
     "One record as its log line, newline included; a TypeError naming `where` it came from for anything but a mapping"
@@ -815,12 +826,14 @@ def _encoded(record, where:str) -> bytes:
 
 @_method_of(RequestLog)
 def _write_lines(self:RequestLog, lines:bytes):
-    "Write whole lines with one `write`, holding this process's mutex and the log's lock"
-    with self._mutex:                                           # threads of one process share its descriptors
-        if self._lock_fd is None: self._lock_fd = os.open(self.path/'.lock', os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)               # other processes, and `erase_subject`'s `file_lock`
-        try: self._append_line(lines)
-        finally: fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+    "Write whole lines with one `write` at the end of this writer's segment; claim one first if none is held or they do not fit"
+    with self._mutex:                                           # threads of one process share its segment
+        if self._fd is None or (self._size and self._size + len(lines) > self.segment_bytes):
+            with file_lock(self.path/'.lock'): self._claim(len(lines))   # the first append, or a rotation
+        try: _write_all(self._fd, lines)
+        except BaseException: self.close(); raise               # a short write (disk full): the next append claims anew, ending the torn line
+        self._size += len(lines)
+        if self.fsync: os.fsync(self._fd)
 
 @_method_of(RequestLog)
 def append(self:RequestLog, record:Mapping):
@@ -887,11 +900,18 @@ def _read_segment(self:RequestLog, path:Path, problem=None) -> tuple:
     return lines, good, int(end < known.end + len(data))
 
 # %% ../nbs/00_core.ipynb
+def _stamp(path:Path):
+    "The contents of a stamp file (each erasure writes a new, unique one), None while there is none"
+    try: return path.read_bytes()
+    except FileNotFoundError: return None
+
 @_method_of(RequestLog)
 def scan(self:RequestLog, last:int=None,      # read segments, newest first, until they hold this many good records
          problem=None):                       # optional check of a record: returns why it is bad, or None (the same for the same record)
     "Lines of the newest segments, oldest first, as (segment name, offset, record or None, why it is bad or None)"
     out, self.skipped, good, read = [], 0, 0, set()
+    if (stamp := _stamp(self.path/'.erasures')) != self._erasures:
+        self._reads, self._erasures = {}, stamp                 # an erasure changed lines in place: read everything anew
     for seg in reversed(self.segments()):
         lines, good_here, unterminated = self._read_segment(seg, problem); read.add(seg.name)
         out, good, self.skipped = lines + out, good + good_here, self.skipped + unterminated + len(lines) - good_here
@@ -907,6 +927,29 @@ def records(self:RequestLog, last:int=None) -> list:
 
 @_method_of(RequestLog)
 def __len__(self:RequestLog): return len(self.records())
+
+# %% ../nbs/00_core.ipynb
+@_method_of(RequestLog)
+def erase(self:RequestLog, match) -> dict:   # match(record) -> True for each record to erase
+    "Overwrite with spaces, in place, every complete line whose record `match`es: {segment name: lines erased}"
+    erased = {}
+    with file_lock(self.path/'.lock'):                           # one erasure at a time, no retention meanwhile; appends go on
+        try:
+            for seg in self.segments():
+                try: fd = os.open(seg, os.O_RDWR)                # not O_APPEND: with it Linux appends what `pwrite` writes
+                except FileNotFoundError: continue
+                try:
+                    data = os.pread(fd, os.fstat(fd).st_size, 0)
+                    for off, record, why in _parse_lines(data, 0)[0]:
+                        if why is None and match(record):
+                            erased[seg.name] = erased.get(seg.name, 0) + 1   # counted first: an interrupted erasure still stamps
+                            os.pwrite(fd, b' ' * (data.index(b'\n', off) - off), off)
+                    if seg.name in erased and self.fsync: os.fsync(fd)
+                finally: os.close(fd)
+        finally:
+            if erased: write_atomic(self.path/'.erasures', f'{time.time_ns()} {os.urandom(8).hex()}\n')   # readers: read anew
+    return erased
+
 
 # %% ../nbs/00_core.ipynb
 SOLUTION_BEGIN, SOLUTION_END = '### BEGIN SOLUTION', '### END SOLUTION'

@@ -329,7 +329,8 @@ def _health_metrics(self:DriftMonitor):
     "The monitor's own health: staleness, bad log lines by reason, failed updates"
     from prometheus_client import Counter, Gauge
     self._updated_at, self._counted = time.time(), {}   # last successful update; how far each segment's bad lines were counted
-    self._last_window = None   # (newest usable line, labels given, report) of the last update from a log
+    self._last_window = None   # (usable lines, labels given, report) of the last update from a log
+    self._arrival, self._updates = {}, 0   # the update that first saw each usable line, by (segment, offset); updates so far
     self.g_since = Gauge('labkit_monitor_seconds_since_update', 'Seconds since the last successful update (since the start before the first)',
                          registry=self.registry)
     self.g_since.set_function(lambda: time.time() - self._updated_at)   # computed when scraped
@@ -454,19 +455,27 @@ def _count_bad(self:DriftMonitor, lines:list, segments:set):
     self._counted = {s: n for s, n in counted.items() if s in segments}
 
 @patch
+def _by_arrival(self:DriftMonitor, good:list) -> tuple:
+    "Usable lines ordered by the update that first saw them (segment order within one update), and how many are new"
+    self._updates += 1
+    self._arrival = {line[:2]: self._arrival.get(line[:2], self._updates) for line in good}   # forgets lines gone (retention, erasure)
+    fresh = sum(n == self._updates for n in self._arrival.values())
+    return sorted(good, key=lambda line: self._arrival[line[:2]]), fresh   # a stable sort: segment order within one update
+
+@patch
 def update_from_log(self:DriftMonitor, log:RequestLog, labels:dict=None) -> pd.DataFrame:
-    "Observe the newest `window` usable records of a request log (late labels joined by request id); count bad lines"
-    lines = log.scan(last=self.window, problem=self.record_problem)
+    "Observe the newest `window` usable records of a request log, newest by arrival (late labels joined by request id); count bad lines"
+    lines = log.scan(problem=self.record_problem)   # every segment: each writer appends to its own; a scan decodes only new lines
     self._count_bad(lines, {p.name for p in log.segments()})
-    good = [line for line in lines if line[3] is None][-self.window:]
-    newest = good[-1][:2] if good else None     # (segment, offset) of the newest usable record
-    if labels is None and self._last_window and self._last_window[:2] == (newest, False):   # nothing new: same window, same statistics
+    usable, fresh = self._by_arrival([line for line in lines if line[3] is None])
+    good = usable[-self.window:]
+    if labels is None and self._last_window and not fresh and self._last_window[:2] == (len(usable), False):   # nothing new: same window
         self._updated_at = time.time(); self.g_updated.set(self._updated_at)
         return self._last_window[2]
     frame = records_frame([line[2] for line in good])
     if labels is not None and 'id' in frame: frame['label'] = frame['id'].map(labels)
     report = self.observe(frame)
-    self._last_window = (newest, labels is not None, report)
+    self._last_window = (len(usable), labels is not None, report)
     return report
 
 @patch

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from flask import Blueprint, Flask, Response, request
 from .core import *
-from .core import RequestLog, file_lock
+from .core import RequestLog
 from .serving import RequestRejected, create_app, json_response, problem
 
 # %% ../nbs/09_responsible_ai.ipynb
@@ -435,30 +435,19 @@ def create_hiring_app(model:dict=None,     # default `default_hiring_model()`
 class SubjectNotFound(LookupError):
     "The audit log holds no record of this person"
 
-def _subject_of(raw:bytes):
-    try: rec = json.loads(raw)
-    except (ValueError, RecursionError): return None
-    return rec.get('subject') if isinstance(rec, dict) else None
-
 def erase_subject(log:RequestLog,   # the audit log
                   subject:str       # the pseudonym (from `pseudonymise`)
                  ) -> dict:
-    "Remove every record of `subject`, each segment rewritten atomically under the log's lock; SubjectNotFound if none"
+    "Erase every record of `subject` in place (`RequestLog.erase`) while the service goes on logging; SubjectNotFound if none"
     if not subject: raise ValueError("subject must be a pseudonym such as 'p-1a2b...', not empty")
-    erased, rewritten = 0, []
-    with file_lock(log.path/'.lock'):           # appends wait until the rewrite is done: none lost
-        for seg in log.segments():
-            lines = seg.read_bytes().split(b'\n')  # the last part: empty, or a line torn by a crash (kept as it is)
-            keep = [raw for i, raw in enumerate(lines) if i == len(lines) - 1 or _subject_of(raw) != subject]
-            if len(keep) < len(lines):
-                write_atomic(seg, b'\n'.join(keep))
-                erased, rewritten = erased + len(lines) - len(keep), rewritten + [seg.name]
+    erased = log.erase(lambda record: record.get('subject') == subject)
     if not erased: raise SubjectNotFound(f"no record of subject {subject} in {log.path}: nothing was erased (was the pseudonym made with this service's key?)")
-    return {'subject': subject, 'erased': erased, 'segments': rewritten}
+    return {'subject': subject, 'erased': sum(erased.values()), 'segments': list(erased)}
 
 def erase_person(log:RequestLog, identifier:str, key:bytes) -> dict:
     "Erase one person's records, given their raw identifier and the pseudonym key"
     return erase_subject(log, pseudonymise(identifier, key))
+
 
 # %% ../nbs/09_responsible_ai.ipynb
 def erase_cli(log_dir:str,            # folder of the audit log (`LABKIT_AUDIT_LOG` of the service)
@@ -525,7 +514,7 @@ AI_ACT_REQUIREMENTS = [  # (source, requirement, what labkit does)
     ('AI Act art. 15', 'accuracy, robustness, cybersecurity', 'accuracy per group reported; every bad input a 4xx naming the field; request size limits of the serving lab'),
     ('AI Act art. 26, 86', 'deployer duties; the right to an explanation of a decision', 'decision id returned; its audit record holds the explanation'),
     ('GDPR art. 4(5), 32', 'pseudonymisation, security of processing', 'identifiers replaced by a keyed hash (`pseudonymise`); the key from the environment or a file, never the command line'),
-    ('GDPR art. 17', 'right to erasure', '`erase_person` removes one person\'s records, atomically, and verifies none is left'),
+    ('GDPR art. 17', 'right to erasure', '`erase_person` removes one person\'s records, in place, and verifies none is left'),
     ('GDPR art. 22', 'no solely automated decision without consent', '`consent_automated` false: the decision goes to a person'),
 ]
 

@@ -96,8 +96,8 @@ def test_concurrent_batches_stay_whole_and_contiguous(tmp_path):
     assert sum(k != prev for k, prev in zip(keys[1:], keys)) == len(batches) - 1   # never interleaved
     assert len(log.segments()) > 5 and all(s.stat().st_size <= 6_000 for s in log.segments())
 
-def test_a_writer_that_forks_after_appending_shares_no_lock_with_its_children(tmp_path):
-    "The parent's open lock and segment descriptors are dropped in each child: the children still exclude each other"
+def test_a_writer_that_forks_after_appending_shares_no_segment_with_its_children(tmp_path):
+    "Each child lets go of the segment its parent holds and claims its own: nobody writes into another's segment"
     log = RequestLog(tmp_path, segment_bytes=8_000, keep_segments=10_000)
     log.append({'worker': -1, 'i': 0, 'pad': ''})                  # the parent now holds open descriptors
     _in_forked_workers(_writer, log, 300, beside=lambda: _writer(log, -1, 300))   # and keeps writing beside them
@@ -106,20 +106,23 @@ def test_a_writer_that_forks_after_appending_shares_no_lock_with_its_children(tm
     for w in range(-1, 4): assert [r['i'] for r in recs if r['worker'] == w] == ([0] if w == -1 else []) + list(range(300))
     assert all(s.stat().st_size <= 8_000 for s in log.segments())
 
-def test_a_forked_child_waits_for_the_lock_its_parent_holds(tmp_path):
-    "A child must not share its parent's lock descriptor: it would take the lock the parent holds at once"
-    import fcntl
+def test_a_forked_child_writes_in_a_segment_of_its_own(tmp_path):
+    "A child must not write into the segment its parent holds, and must not let go of the parent's flock"
+    from labkit.core import _try_lock
     log = RequestLog(tmp_path)
-    log.append({'who': 'parent'})                                 # the parent's lock descriptor is open now
-    fcntl.flock(log._lock_fd, fcntl.LOCK_EX)                      # as while one of its threads appends
+    log.append({'who': 'parent'})                                 # the parent holds its segment now
+    held = log.segments()[-1]
     child = mp.get_context('fork').Process(target=_writer, args=(log, 'child', 1))
-    child.start()
-    try:
-        child.join(1.0)
-        assert child.is_alive(), 'the child appended while its parent held the lock'
-    finally: fcntl.flock(log._lock_fd, fcntl.LOCK_UN)
-    child.join(60)
+    child.start(); child.join(60)
     assert child.exitcode == 0 and [r.get('worker', r.get('who')) for r in log.records()] == ['parent', 'child']
+    assert [name for name, *_ in log.scan()] == [held.name, log.segments()[-1].name] and len(log.segments()) == 2
+    fd = os.open(held, os.O_RDONLY)
+    try: assert not _try_lock(fd), "the child's exit let go of the parent's segment"
+    finally: os.close(fd)
+    theirs = log.segments()[-1].name
+    log.append({'who': 'parent'})                                 # the parent goes on in its own segment
+    assert [(name, r.get('who', r.get('worker'))) for name, _, r, _ in log.scan()] == [
+        (held.name, 'parent'), (held.name, 'parent'), (theirs, 'child')]
 
 def test_threads_of_one_process_write_whole_lines(tmp_path):
     import threading
@@ -143,16 +146,29 @@ def test_fsync_only_when_asked(tmp_path, monkeypatch):
     assert len(synced) == 3 + 1                                   # each record, and the folder once for the new segment
     assert [r['i'] for r in durable.records()] == [0, 1, 2]
 
-def test_a_writer_follows_a_segment_deleted_or_replaced_under_it(tmp_path):
-    log, other = RequestLog(tmp_path), RequestLog(tmp_path)      # two writers, as two workers
-    log.append({'i': 0})
-    seg = log.segments()[-1]
-    seg.unlink()                                                  # deleted (retention, or by hand) while open
-    log.append({'i': 1}); other.append({'i': 2})
-    assert [r['i'] for r in log.records()] == [1, 2]
-    tmp = tmp_path/'new'; tmp.write_bytes(b'{"i": 9}\n'); tmp.replace(log.segments()[-1])   # replaced by a new file
-    log.append({'i': 3}); other.append({'i': 4})
-    assert [r['i'] for r in log.records()] == [9, 3, 4]
+def _two_people(log, worker, n):
+    for i in range(n): log.append({'worker': worker, 'i': i, 'who': 'ann' if i % 2 else 'bob', 'pad': 'x' * (i % 50)})
+
+def test_an_erasure_while_workers_append_loses_nobody_elses_record(tmp_path):
+    "Erasures run in place, without stopping the writers: every other record stays whole, in order, and none is lost"
+    log = RequestLog(tmp_path, segment_bytes=6_000, keep_segments=10_000)
+    def erase_often():
+        for _ in range(40): log.erase(lambda r: r.get('who') == 'ann'); time.sleep(0.005)
+    _in_forked_workers(_two_people, log, 400, beside=erase_often)
+    log.erase(lambda r: r.get('who') == 'ann')                    # the writers are done: the last one erases the rest
+    recs = log.records()
+    assert log.skipped == 0 and not [r for r in recs if r['who'] == 'ann']
+    for w in range(4): assert [r['i'] for r in recs if r['worker'] == w] == list(range(0, 400, 2))
+    assert all(s.stat().st_size <= 6_000 for s in log.segments())
+
+def test_a_writer_that_ends_leaves_its_segment_to_the_next(tmp_path):
+    "A writer that closes (or dies) lets go of its segment: the next writer takes it over, so a short-lived one adds no segment"
+    for i in range(5):
+        log = RequestLog(tmp_path); log.append({'i': i}); log.close()   # as five runs of a command that logs once
+    assert len(RequestLog(tmp_path).segments()) == 1
+    a, b = RequestLog(tmp_path), RequestLog(tmp_path)           # two at once: the second gets a segment of its own
+    a.append({'i': 5}); b.append({'i': 6})
+    assert [(name, r['i']) for name, _, r, _ in a.scan()][-2:] == [('segment-00000001.jsonl', 5), ('segment-00000002.jsonl', 6)]
 
 def test_a_reader_decodes_only_what_was_appended_since_its_last_scan(tmp_path, monkeypatch):
     "The monitor scans every few seconds: a scan reuses what the last one read, and sees what a fresh reader sees"
@@ -166,14 +182,17 @@ def test_a_reader_decodes_only_what_was_appended_since_its_last_scan(tmp_path, m
     for i in range(50, 55): writer.append({'i': i})
     assert [r['i'] for *_, r, _ in reader.scan()][-6:] == list(range(49, 55)) and len(decoded) == 5   # only the new lines
     monkeypatch.undo()
-    with open(writer.segments()[-1], 'ab') as f: f.write(b'{"i": -1, "x')        # a torn line, then a writer ends it
+    writer.close()                                                                 # the writer dies mid-write: a torn line
+    with open(writer.segments()[-1], 'ab') as f: f.write(b'{"i": -1, "x')        # (then the next writer ends it)
     assert reader.scan() == fresh() and reader.skipped == 1
     writer.append({'i': 55})
     assert reader.scan() == fresh() and [why for *_, why in reader.scan()][-2:] == ['unreadable', None]
     odd = lambda r: 'odd' if r['i'] % 2 else None                                  # another check: checked anew
     assert reader.scan(problem=odd) == fresh(problem=odd) and reader.scan() == fresh()
-    seg = writer.segments()[-1]; core.write_atomic(seg, seg.read_bytes().replace(b'"i":20}', b'"i":-2}'))   # replaced: same size, same end
+    writer.close(); seg = writer.segments()[-1]; core.write_atomic(seg, seg.read_bytes().replace(b'"i":20}', b'"i":-2}'))   # replaced: same size, same end
     assert reader.scan() == fresh() and -2 in [r['i'] for *_, r, _ in reader.scan() if r]
+    writer.erase(lambda r: r['i'] == 30)                                          # erased in place: same file, same end
+    assert reader.scan() == fresh() and 30 not in [r['i'] for *_, r, _ in reader.scan() if r]
     for i in range(56, 400): writer.append({'i': i})                            # rotations and retention
     assert reader.scan(last=10) == fresh(last=10) and reader.scan() == fresh()
 

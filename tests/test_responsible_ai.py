@@ -246,18 +246,22 @@ def test_erasure_across_segments_keeps_everyone_else(tmp_path):
     with pytest.raises(SubjectNotFound): erase_person(log, 'never-applied', KEY)
     with pytest.raises(ValueError, match='not empty'): erase_subject(log, '')
 
-def test_an_interrupted_erasure_leaves_the_log_whole(tmp_path, monkeypatch):
+def test_an_interrupted_erasure_leaves_every_record_whole_and_can_be_finished(tmp_path, monkeypatch):
     log = RequestLog(tmp_path/'audit')
     _fill(log, ['ann', 'bob'], 3)
-    before = log.segments()[0].read_bytes()
-    def cut_short(self, data):   # the disk fills half-way through the new segment
-        with open(self, 'wb') as f: f.write(data[:len(data) // 2])
-        raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(Path, 'write_bytes', cut_short)
-    with pytest.raises(OSError, match='No space'): erase_person(log, 'bob', KEY)
+    reader = RequestLog(log.path); assert len(reader.records()) == 6
+    writes, pwrite = [], os.pwrite
+    def fail_second(fd, data, offset):   # the disk fails at the second line
+        if writes: raise OSError(5, 'Input/output error')
+        writes.append(offset); return pwrite(fd, data, offset)
+    monkeypatch.setattr(os, 'pwrite', fail_second)
+    with pytest.raises(OSError, match='Input/output'): erase_person(log, 'bob', KEY)
     monkeypatch.undo()
-    assert log.segments()[0].read_bytes() == before
-    assert [p.name for p in log.path.iterdir() if not p.name.startswith('.lock')] == [log.segments()[0].name]
+    left = [r['n'] for r in reader.records() if r['subject'] == pseudonymise('bob', KEY)]
+    assert left == [1, 2] and reader.skipped == 0                # one erased, the others whole: the reader saw it
+    assert len([r for r in reader.records() if r['subject'] == pseudonymise('ann', KEY)]) == 3
+    assert erase_person(log, 'bob', KEY)['erased'] == 2          # run again: finished
+    assert [p.name for p in log.path.iterdir() if not p.name.startswith('.')] == [log.segments()[0].name]
 
 def test_erasure_while_decisions_are_appended_loses_none(tmp_path):
     log = RequestLog(tmp_path/'audit', segment_bytes=4000)
