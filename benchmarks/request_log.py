@@ -11,7 +11,7 @@ round runs every setup once, in an order that changes from round to round. Repor
 of the writers' CPU time per append (user + system) and of the wall time per append, and each against this
 revision's. Every scratch folder is removed at the end.
 """
-import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, random, select, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from monitoring_stack import labkit_at
@@ -35,8 +35,9 @@ def run_setup(code:Path, work:Path, writers:int, appends:int, timeout:float=300)
     procs = [subprocess.Popen([sys.executable, '-c', WRITER, str(log_dir), str(appends)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(writers)]
     try:
-        for p in procs:
-            if p.stdout.readline().strip() != 'ready': raise RuntimeError(f'a writer of {code or "this revision"} did not start')
+        for p in procs:   # each says 'ready' once labkit is imported, within the deadline
+            if not select.select([p.stdout], [], [], timeout)[0] or p.stdout.readline().strip() != 'ready':
+                raise RuntimeError(f'a writer of {code or "this revision"} did not start within {timeout:g} s')
         for p in procs: p.stdin.write('go\n'); p.stdin.flush()
         out = [p.communicate(timeout=timeout)[0].split() for p in procs]
         if any(p.returncode for p in procs): raise RuntimeError(f'a writer of {code or "this revision"} failed')

@@ -950,7 +950,6 @@ def erase(self:RequestLog, match) -> dict:   # match(record) -> True for each re
             if erased: write_atomic(self.path/'.erasures', f'{time.time_ns()} {os.urandom(8).hex()}\n')   # readers: read anew
     return erased
 
-
 # %% ../nbs/00_core.ipynb
 SOLUTION_BEGIN, SOLUTION_END = '### BEGIN SOLUTION', '### END SOLUTION'
 

@@ -448,7 +448,6 @@ def erase_person(log:RequestLog, identifier:str, key:bytes) -> dict:
     "Erase one person's records, given their raw identifier and the pseudonym key"
     return erase_subject(log, pseudonymise(identifier, key))
 
-
 # %% ../nbs/09_responsible_ai.ipynb
 def erase_cli(log_dir:str,            # folder of the audit log (`LABKIT_AUDIT_LOG` of the service)
               applicant_id:str=None,  # the person's identifier, pseudonymised with the service's key
