@@ -14,17 +14,24 @@ Five gunicorn servers of `labkit.serving:create_app()` run side by side on 127.0
   log                  every accepted prediction appended to a RequestLog (the serving default: no fsync);
   log+monitor          the same, plus `labkit monitor` (its own process) reading that log every `--interval` s;
   log+monitor+scrape   the same, plus Prometheus scraping the app and the monitor every `--interval` s.
-The monitor and the scrape run every `--interval` seconds: 1 by default, 15 times the lab's rate (its monitor
-and Prometheus run every 15 s), an upper bound of their cost; `--interval 15` measures them as the lab runs them
-(give each setup enough requests for several intervals).
-The load alternates between the setups in rounds, so that all see the same machine load; while one setup is
-measured, the watchers (monitor, Prometheus) of the others are paused (SIGSTOP), so each setup pays only for
-its own, and the order of the setups changes from round to round. Throughput is noisy on a shared machine, so CPU
-time per request is reported too (/proc schedstat): `app` counts the gunicorn processes, `total` adds the setup's
-monitor and Prometheus; `median` is the median over the rounds of the ratio to bare in the same round, which a
-burst of load elsewhere moves less than the totals. Goal: every setup within 5 % of
-bare. The count is bounded (`--requests` per setup) and so is the time (`--max-seconds`: rounds left are
-skipped and the table says how many ran). Every process and the scratch folder are removed at the end.
+The monitor and the scrape run every `--interval` seconds of their setup's own traffic: 1 by default, 15 times the
+lab's rate (its monitor and Prometheus run every 15 s), an upper bound of their cost; `--interval 15` measures them
+as the lab runs them (give each setup enough requests for several intervals).
+The load alternates between the setups in rounds, so that all see the same machine load, in an order that changes
+from round to round. A setup's watchers (monitor, Prometheus) run only while it is measured and are paused
+(SIGSTOP) otherwise, so each setup pays only for its own. A paused watcher that is due does its work as soon as it
+runs again, so their clocks are set to `--interval` times the number of setups, the share of the time each setup
+runs; restarts and warm-ups take time too, so they still run a little more often than every `--interval` s of
+their setup's traffic, and they read the warm-up requests as well: their cost is a bound from above.
+Every round starts each setup's gunicorn anew on its port (then `--warmup` requests, not counted): two gunicorn
+processes of the same code can differ by several percent in CPU per request for as long as they live (the hash
+seed is not the reason: fixed, they still differ), so a server kept for the whole run passes its luck to its
+setup; restarted each round, the luck changes and the median over the rounds washes it out (`--keep-servers`
+keeps the first ones). Throughput is noisy on a shared machine, so CPU time per request is reported too (/proc
+schedstat): `app` counts the gunicorn processes, `total` adds the setup's monitor and Prometheus; `median` is
+the median over the rounds of the ratio to bare in the same round, which a burst of load elsewhere moves less
+than the totals. Goal: every setup within 5 % of bare. The count is bounded (`--requests` per setup) and so is
+the time (`--max-seconds`: rounds left are skipped and the table says how many ran). Every process and the scratch folder are removed at the end.
 """
 import argparse, json, os, random, shutil, signal, statistics, subprocess, sys, tarfile, tempfile, time
 from pathlib import Path
@@ -114,6 +121,10 @@ class Setup:
         ok = max(r['ok'], 1); app_ms = 1000 * (cpu_ns(app) - c0) / 1e9 / ok
         self.per_round.append((app_ms, app_ms + 1000 * (cpu_ns(watch) - w0) / 1e9 / ok))
 
+    def restart(self):
+        "The same server anew: new gunicorn processes on the same port, appending to the same log"
+        self.server.__exit__(None, None, None); self.server.__enter__()
+
     def stop(self):
         pause(self.watchers, stop=False)      # a stopped process would not see SIGTERM
         for s in reversed(self.watchers): s.stop()
@@ -131,24 +142,27 @@ def _descendants(pid:int) -> list:
     return out + [q for p in out for q in _descendants(p)]
 
 def bench(workers:int=2, requests:int=2000, concurrency:int=4, rounds:int=10, warmup:int=200,
-          before:str=None, max_seconds:float=600, interval:float=1, rows:int=1) -> dict:
+          before:str=None, max_seconds:float=600, interval:float=1, rows:int=1, restart:bool=True) -> dict:
     "Each setup's totals (with `before`: also with that revision's labkit); rounds stop once `max_seconds` have passed"
     work = Path(tempfile.mkdtemp(prefix='labkit-bench-'))
     setups, done = [], 0
     try:
         codes = {'': None} | ({f'@{before}': labkit_at(before, work/'before')} if before else {})
         body = RECORD if rows == 1 else [RECORD] * rows   # one record, or a batch of `rows`
-        setups = [Setup(kind + tag, work, code, workers, interval, body) for tag, code in codes.items() for kind in SETUPS]
+        watch_every = interval * len(codes) * len(SETUPS)   # wall-clock seconds: each setup runs about that share of the time
+        setups = [Setup(kind + tag, work, code, workers, watch_every, body) for tag, code in codes.items() for kind in SETUPS]
         for s in setups: s.start()
-        watchers = [w for s in setups for w in s.watchers]
-        for s in setups: load_test(s.server.url + '/predict', warmup, concurrency, s.body)
+        pause([w for s in setups for w in s.watchers], stop=True)   # each runs only while its setup is measured
         end = time.monotonic() + max_seconds
         order = random.Random(0)
         for done in range(1, rounds + 1):
+            for s in setups:
+                if restart and done > 1: s.restart()
+                load_test(s.server.url + '/predict', warmup, concurrency, s.body)
             for s in order.sample(setups, len(setups)):   # a new order each round: no setup always follows another
-                pause([w for w in watchers if w not in s.watchers], stop=True)
+                pause(s.watchers, stop=False)
                 try: s.round(requests // rounds, concurrency)
-                finally: pause(watchers, stop=False)
+                finally: pause(s.watchers, stop=True)
             if time.monotonic() > end: break
     finally:
         for s in setups:
@@ -177,18 +191,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--workers', type=int, default=2); ap.add_argument('--requests', type=int, default=2000, help='per setup')
     ap.add_argument('--concurrency', type=int, default=4); ap.add_argument('--rounds', type=int, default=10)
-    ap.add_argument('--warmup', type=int, default=200, help='requests per setup before measuring')
+    ap.add_argument('--warmup', type=int, default=200, help='requests per setup before each round, not measured')
+    ap.add_argument('--keep-servers', action='store_true', help='one gunicorn per setup for the whole run, not a new one each round')
     ap.add_argument('--before', default=None, help='git revision whose labkit runs the same setups, side by side')
     ap.add_argument('--max-seconds', type=float, default=600, help='no new round starts after this')
-    ap.add_argument('--interval', type=float, default=1, help="seconds between the monitor's updates and between scrapes (the lab's: 15)")
+    ap.add_argument('--interval', type=float, default=1, help="seconds of a setup's own traffic between the monitor's updates and between scrapes (the lab's: 15)")
     ap.add_argument('--rows', type=int, default=1, help='records per /predict request (more than 1: a batch)')
     ap.add_argument('--json', default=None)
     a = ap.parse_args(argv)
-    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds, a.interval, a.rows)
-    print(f"{out['rounds']} of {out['of']} rounds, {a.rows} row(s) per request, {a.workers} workers, {a.concurrency} client threads, monitor and scrape every {a.interval:g} s, {os.cpu_count()} CPUs, "
+    out = bench(a.workers, a.requests, a.concurrency, a.rounds, a.warmup, a.before, a.max_seconds, a.interval, a.rows, not a.keep_servers)
+    print(f"{out['rounds']} of {out['of']} rounds, {'one gunicorn per setup' if a.keep_servers else 'new gunicorns each round'}, {a.rows} row(s) per request, {a.workers} workers, {a.concurrency} client threads, monitor and scrape every {a.interval:g} s, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(table(out['results']))
-    out |= {'cpus': os.cpu_count(), 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval, 'rows': a.rows}
+    out |= {'cpus': os.cpu_count(), 'restart': not a.keep_servers, 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval, 'rows': a.rows}
     print(json.dumps(out))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
     return 0 if all(r['failed'] == 0 for r in out['results'].values()) else 1
