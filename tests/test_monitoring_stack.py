@@ -1,5 +1,6 @@
 "The monitoring stack for real: Prometheus and Alertmanager as processes, the drift drill through the served app, failures"
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -206,6 +207,36 @@ def test_cli_bad_window_is_one_clear_line(tmp_path):
     out = subprocess.run(labkit_cmd('monitoring-stack', '--data', tmp_path, '--window', '10'), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and '--window' in out.stderr and 'Traceback' not in out.stderr, out.stderr
 
+
+# --- what watching costs: the benchmarks, run small ------------------------------------------------------------
+
+def _run_benchmark(tmp_path, script:str, *args) -> dict:
+    "Run benchmarks/`script` with a scratch TMPDIR; its --json output, after checking it left no scratch folder behind"
+    scratch = tmp_path/'scratch'; scratch.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), *map(str, args), '--json', str(tmp_path/'out.json')],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'TMPDIR': str(scratch)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert list(scratch.iterdir()) == [], list(scratch.iterdir())
+    return json.loads((tmp_path/'out.json').read_text()) | {'stdout': r.stdout}
+
+def test_overhead_benchmark_runs_every_setup_on_fresh_servers(tmp_path):
+    "Five setups, each round on new gunicorns, every request answered, the intervals of the medians in the table"
+    _skip_without(('prometheus', 'prometheus'))
+    out = _run_benchmark(tmp_path, 'monitoring_stack.py', '--requests', 120, '--rounds', 2, '--warmup', 10)
+    assert (out['rounds'], out['restart']) == (2, True)
+    assert set(out['results']) == {'bare', 'bare-again', 'log', 'log+monitor', 'log+monitor+scrape'}
+    for name, r in out['results'].items():
+        assert (r['requests'], r['failed'], len(r['per_round'])) == (120, 0, 2), (name, r)
+        assert all(app > 0 and total >= app for app, total in r['per_round']), (name, r)
+    assert 'new gunicorns each round' in out['stdout'] and '95% of medians' in out['stdout']
+
+def test_in_process_benchmark_gives_both_apps_every_round(tmp_path):
+    "Each setup's process times the bare and the logging app in every round"
+    out = _run_benchmark(tmp_path, 'predict_with_log.py', '--rounds', 3, '--block', 20)
+    assert set(out['results']) == {'this', 'this again'}
+    for r in out['results'].values():
+        assert {k: len(v) for k, v in r.items()} == {'bare': 3, 'log': 3} and all(us > 0 for v in r.values() for us in v)
+    assert 'log extra µs' in out['stdout']
 
 # --- Evidently ------------------------------------------------------------------------------------------------
 
