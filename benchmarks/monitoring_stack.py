@@ -213,7 +213,6 @@ def main(argv=None):
           f"load average {os.getloadavg()[0]:.1f}")
     print(table(out['results']))
     out |= {'cpus': os.cpu_count(), 'restart': not a.keep_servers, 'workers': a.workers, 'concurrency': a.concurrency, 'interval': a.interval, 'rows': a.rows}
-    print(json.dumps(out))
     if a.json: Path(a.json).write_text(json.dumps(out, indent=1))
     return 0 if all(r['failed'] == 0 for r in out['results'].values()) else 1
 
