@@ -140,4 +140,4 @@ def running_container(tag:str,          # the image
         if not wait_until_up(url + ready_path, seconds):
             pytest.fail(f"{name} did not answer {url}{ready_path} within {seconds:.0f} s:\n{docker('logs', name, check=False).stderr[-3000:]}")
         yield name, url
-    finally: docker('rm', '-f', name, check=False)
+    finally: docker('rm', '-f', '-v', name, check=False)

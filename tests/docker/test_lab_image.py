@@ -53,7 +53,7 @@ def lab(lab_image, tmp_path_factory):
            '-e', f'JUPYTER_PORT={port}', '-e', 'JUPYTER_IP=127.0.0.1', '-e', f'JUPYTER_TOKEN={token}',
            '-v', f'{work}:/home/lab/work', lab_image)
     try: yield SimpleNamespace(name=name, url=f'http://127.0.0.1:{port}', token=token, work=work, started=time.monotonic())
-    finally: docker('rm', '-f', name, check=False)
+    finally: docker('rm', '-f', '-v', name, check=False)
 
 def logs(name): return (lambda r: r.stdout + r.stderr)(docker('logs', name, check=False))
 
@@ -167,7 +167,7 @@ def test_token_is_generated_when_none_is_set(lab_image):
         m = re.search(r'/lab\?token=([0-9a-f]{48})\b', logs(name))
         assert m, logs(name)[-3000:]
         assert http(url + '/api/status')[0] == 403 and http(url + '/api/status', token=m.group(1))[0] == 200
-    finally: docker('rm', '-f', name, check=False)
+    finally: docker('rm', '-f', '-v', name, check=False)
 
 def test_refuses_to_switch_the_token_off(lab_image):
     r = docker('run', '--rm', '--network', 'host', lab_image, 'labkit-lab-start', '--IdentityProvider.token=', check=False, timeout=60)
