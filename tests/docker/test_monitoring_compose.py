@@ -1,12 +1,13 @@
 """docker/monitoring's compose file, up: the app, the monitor, Prometheus and Alertmanager from this tree's images, on
 the host network; a drift fires in Prometheus, reaches Alertmanager and resolves; everything removed after"""
-import os, secrets, shutil, socket, subprocess, urllib.request, uuid
+import json, os, secrets, shutil, socket, subprocess, urllib.request, uuid
 from configparser import ConfigParser
 from types import SimpleNamespace
-import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, buildkit_build, docker, image_build
+from labkit.core import wait_until_up
+from labkit.monitoring_stack import prometheus_api, salary_reference, salary_requests, send_requests, wait_until
 
 # four cached builds (`make images` builds the same layers) and a drift at the compose file's 15 s rates
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
@@ -29,13 +30,6 @@ def _busy(port:int) -> bool:
         try: s.bind(('127.0.0.1', port)); return False
         except OSError: return True
 
-def _reference_csv(path):
-    "The monitor's reference, as docker/monitoring/README.md makes it: the served model's training table and its predictions"
-    from labkit.core import asset
-    from labkit.serving import SALARY_FEATURES, ModelRegistry, clean_hiring, default_registry_dir, predict_salary
-    X = clean_hiring(pd.read_csv(asset('hiring.csv')))[list(SALARY_FEATURES)]
-    X.assign(prediction=predict_salary(ModelRegistry(default_registry_dir()).get('v2'), X.to_numpy())).to_csv(path, index=False)
-
 @pytest.fixture(scope='module')
 def stack(docker_engine, tmp_path_factory):
     "The compose file up on a copy of its folder (the reference written there), its images built from this tree; down -v after"
@@ -47,7 +41,7 @@ def stack(docker_engine, tmp_path_factory):
     tags = {service: f'labkit-{folder}:compose-{run}' for service, folder in IMAGES.items()}
     folder = tmp_path_factory.mktemp('compose')/'docker'/'monitoring'   # its build contexts (../..) resolve inside the copy
     shutil.copytree(REPO/'docker'/'monitoring', folder)
-    _reference_csv(folder/'reference.csv')
+    salary_reference().to_csv(folder/'reference.csv', index=False)   # as docker/monitoring/README.md makes it
     (folder/'override.yml').write_text(yaml.safe_dump({'services': {s: {'image': tag} for s, tag in tags.items()}}))
     cmd = [*compose, '-p', f'labkit-compose-{run}', '-f', str(folder/'docker-compose.yml'), '-f', str(folder/'override.yml')]
     env = os.environ | {'GRAFANA_ADMIN_PASSWORD': secrets.token_hex(8)}   # read for the Grafana service, which stays off
@@ -65,15 +59,11 @@ def stack(docker_engine, tmp_path_factory):
 
 def _firing(name:str, **labels) -> list|None:
     "Prometheus' alerts `name` with `labels` in state firing; None when there is none (`wait_until` goes on)"
-    from labkit.monitoring_stack import prometheus_api
     return [a for a in prometheus_api(PROMETHEUS, 'alerts')['alerts'] if a['labels']['alertname'] == name and a['state'] == 'firing'
             and all(a['labels'].get(k) == v for k, v in labels.items())] or None
 
 def test_compose_stack_scrapes_fires_delivers_and_resolves(stack):
     "Every target up, the app's logged requests in the monitor's window, FeatureDrift firing and held by Alertmanager, then resolved"
-    import json
-    from labkit.core import wait_until_up
-    from labkit.monitoring_stack import prometheus_api, salary_requests, send_requests, wait_until
     for url in (PROMETHEUS + '/-/ready', ALERTMANAGER + '/-/ready', APP + '/health', f"http://127.0.0.1:{PORTS['monitor']}/metrics"):
         assert wait_until_up(url, 120), f'{url} did not answer within 120 s:\n{stack.logs()}'
     assert send_requests(APP, salary_requests(500, seed=3)) == 500                  # like the reference
